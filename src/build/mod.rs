@@ -1,0 +1,1 @@
+//! Build planner and executor: stages, steps, layers, and the resulting image.

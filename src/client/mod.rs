@@ -1,0 +1,1 @@
+//! Registry client: auth, pull and push over the OCI distribution API.

@@ -1,0 +1,1 @@
+//! Build context: selecting COPY/ADD sources (globs, excludes, .dockerignore) from a directory.

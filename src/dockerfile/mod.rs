@@ -1,0 +1,1 @@
+//! Dockerfile front end: parsing into typed instructions, variable expansion, and .dockerignore matching.

@@ -1,0 +1,1 @@
+//! Layer tarballs: deterministic tar writing, gzip/zstd compression, and safe unpacking.

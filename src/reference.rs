@@ -1,0 +1,1 @@
+//! Image references: parsing and normalization (`busybox` -> `docker.io/library/busybox:latest`).

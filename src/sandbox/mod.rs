@@ -1,0 +1,1 @@
+//! RUN sandbox: OCI runtime bundles run with runc or crun.
