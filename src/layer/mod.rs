@@ -2,6 +2,95 @@
 //!
 //! CONTRACT (shared with build/, snapshot/, context/): the types in `entry.rs` are the
 //! vocabulary every producer of layer content uses. Implementation is owned by the storage work.
+//!
+//! - `write.rs`: `write_layer` — entries -> deterministic tar -> compressor -> store blob.
+//! - `pgzip.rs`: deterministic multi-core gzip (concatenated members of fixed-size chunks).
+//! - `unpack.rs`: `unpack` — safe extraction confined to a directory (openat2 RESOLVE_IN_ROOT).
+//! - `archive.rs`: compression sniffing, `open_archive` for `ADD local.tar.gz`.
+pub mod archive;
 pub mod entry;
+pub mod pgzip;
+mod tar_header;
+pub mod unpack;
+pub mod write;
 
+use std::path::PathBuf;
+
+pub use archive::{Compressed, decompress, detect_compression, open_archive};
 pub use entry::{Entry, EntryKind, FileSource};
+pub use unpack::{UnpackMode, UnpackStats, unpack};
+pub use write::{LayerInfo, LayerOptions, write_layer, write_layer_with_threads};
+
+use crate::store::StoreError;
+
+/// Media type of a gzip-compressed OCI layer.
+pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Media type of a zstd-compressed OCI layer.
+pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+/// Media type of an uncompressed OCI layer.
+pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// Docker schema2's gzip layer media type (accepted when reading).
+pub const DOCKER_MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd { level: i32 },
+    Uncompressed,
+}
+
+impl Compression {
+    /// The OCI media type of a layer compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => MEDIA_TYPE_TAR_GZIP,
+            Compression::Zstd { .. } => MEDIA_TYPE_TAR_ZSTD,
+            Compression::Uncompressed => MEDIA_TYPE_TAR,
+        }
+    }
+}
+
+/// Errors from writing, reading and unpacking layers.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("reading {path}: {source}")]
+    ReadSource {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} changed while being added to the layer: expected {expected} bytes, found {actual}"
+    )]
+    SourceChanged {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("invalid layer entry {path:?}: {message}")]
+    InvalidEntry { path: String, message: String },
+    #[error("writing the layer stream: {0}")]
+    WriteStream(#[source] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading the layer tar stream: {0}")]
+    ReadTar(#[source] std::io::Error),
+    #[error("unsafe layer entry {path:?}: {reason}")]
+    UnsafePath { path: String, reason: String },
+    #[error("unpacking {path:?} into {dest}: {source}")]
+    Unpack {
+        path: String,
+        dest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unsupported layer entry {path:?}: {message}")]
+    Unsupported { path: String, message: String },
+    #[error("opening archive {path}: {source}")]
+    OpenArchive {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,224 @@
+//! Deterministic multi-core gzip: the input is cut into fixed-size chunks, each compressed on a
+//! worker thread into its own gzip member (header without name or mtime, OS byte 255), and the
+//! members are written in input order. The output depends only on the input bytes and the
+//! level, never on the number of threads. Any gzip reader that handles multi-member files
+//! (Go's gzip, zlib's gunzip, flate2's MultiGzDecoder) reads it as one stream.
+//!
+//! Memory is bounded: at most `2 * threads` chunks are in flight.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Uncompressed bytes per gzip member.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// The fixed OS byte of every member header ("unknown"), so output never varies by host.
+const GZIP_OS_UNKNOWN: u8 = 255;
+
+type Job = (u64, Vec<u8>);
+type Done = (u64, io::Result<Vec<u8>>);
+
+/// A writer that gzips into `inner` using worker threads. Call `finish` to get `inner` back;
+/// dropping it without `finish` loses the tail (and the dropped job channel stops the workers).
+pub struct ParallelGzipWriter<W: Write> {
+    inner: W,
+    level: flate2::Compression,
+    pending: Vec<u8>,
+    next_seq: u64,
+    next_to_write: u64,
+    in_flight: usize,
+    max_in_flight: usize,
+    jobs: Option<SyncSender<Job>>,
+    done: Receiver<Done>,
+    reorder: BTreeMap<u64, Vec<u8>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Inline mode (threads == 1): no worker threads, chunks compressed on the caller's thread.
+    inline: bool,
+}
+
+/// Compresses one chunk into a complete gzip member.
+fn compress_member(chunk: &[u8], level: flate2::Compression) -> io::Result<Vec<u8>> {
+    let mut encoder = flate2::GzBuilder::new()
+        .operating_system(GZIP_OS_UNKNOWN)
+        .mtime(0)
+        .write(Vec::with_capacity(chunk.len() / 2 + 64), level);
+    encoder.write_all(chunk)?;
+    encoder.finish()
+}
+
+fn worker(jobs: Arc<Mutex<Receiver<Job>>>, done: Sender<Done>, level: flate2::Compression) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, chunk)) = job else { return };
+        if done.send((seq, compress_member(&chunk, level))).is_err() {
+            return;
+        }
+    }
+}
+
+impl<W: Write> ParallelGzipWriter<W> {
+    /// `threads` is clamped to at least 1; 1 compresses on the caller's thread.
+    pub fn new(inner: W, level: flate2::Compression, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let max_in_flight = 2 * threads;
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(max_in_flight);
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let inline = threads == 1;
+        let mut workers = Vec::new();
+        if !inline {
+            let job_rx = Arc::new(Mutex::new(job_rx));
+            for _ in 0..threads {
+                let jobs = Arc::clone(&job_rx);
+                let done = done_tx.clone();
+                workers.push(std::thread::spawn(move || worker(jobs, done, level)));
+            }
+        }
+        ParallelGzipWriter {
+            inner,
+            level,
+            pending: Vec::with_capacity(CHUNK_SIZE),
+            next_seq: 0,
+            next_to_write: 0,
+            in_flight: 0,
+            max_in_flight,
+            jobs: Some(job_tx),
+            done: done_rx,
+            reorder: BTreeMap::new(),
+            workers,
+            inline,
+        }
+    }
+
+    /// Hands the pending chunk to a worker (or compresses it inline).
+    fn dispatch(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_SIZE));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.inline {
+            let member = compress_member(&chunk, self.level)?;
+            self.next_to_write += 1;
+            return self.inner.write_all(&member);
+        }
+        while self.in_flight >= self.max_in_flight {
+            self.receive_one()?;
+        }
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("gzip writer already finished"))?;
+        jobs.send((seq, chunk))
+            .map_err(|_| io::Error::other("gzip worker threads stopped"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Waits for one compressed chunk, then writes every chunk that is next in order.
+    fn receive_one(&mut self) -> io::Result<()> {
+        let (seq, member) = self
+            .done
+            .recv()
+            .map_err(|_| io::Error::other("gzip worker threads stopped"))?;
+        self.in_flight -= 1;
+        self.reorder.insert(seq, member?);
+        while let Some(member) = self.reorder.remove(&self.next_to_write) {
+            self.inner.write_all(&member)?;
+            self.next_to_write += 1;
+        }
+        Ok(())
+    }
+
+    /// Compresses what is left, waits for the workers, and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        if !self.pending.is_empty() || self.next_seq == 0 {
+            // An empty input still becomes one (empty) member, so the output is valid gzip.
+            self.dispatch()?;
+        }
+        while self.in_flight > 0 {
+            self.receive_one()?;
+        }
+        self.jobs = None;
+        for handle in self.workers.drain(..) {
+            handle
+                .join()
+                .map_err(|_| io::Error::other("a gzip worker thread panicked"))?;
+        }
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ParallelGzipWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = CHUNK_SIZE - self.pending.len();
+        let n = room.min(buf.len());
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() == CHUNK_SIZE {
+            self.dispatch()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Chunk boundaries must not depend on when callers flush, so nothing is cut early.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 7919) % 251) as u8 ^ (i / 4096) as u8)
+            .collect()
+    }
+
+    fn gzip(data: &[u8], threads: usize) -> Vec<u8> {
+        let mut writer =
+            ParallelGzipWriter::new(Vec::new(), flate2::Compression::default(), threads);
+        for piece in data.chunks(100_000) {
+            writer.write_all(piece).unwrap();
+        }
+        writer.finish().unwrap()
+    }
+
+    #[test]
+    fn output_is_identical_for_any_thread_count_and_decodes_back() {
+        let data = sample(3 * CHUNK_SIZE + 12345);
+        let one = gzip(&data, 1);
+        assert_eq!(gzip(&data, 2), one);
+        assert_eq!(gzip(&data, 5), one);
+        let mut decoded = Vec::new();
+        flate2::read::MultiGzDecoder::new(&one[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, data);
+    }
+
+    #[test]
+    fn member_headers_carry_no_name_no_mtime_and_a_fixed_os() {
+        let out = gzip(b"hello", 3);
+        assert_eq!(&out[..4], &[0x1f, 0x8b, 8, 0], "no FNAME flag");
+        assert_eq!(&out[4..8], &[0, 0, 0, 0], "mtime zero");
+        assert_eq!(out[9], GZIP_OS_UNKNOWN);
+    }
+
+    #[test]
+    fn empty_input_is_a_valid_gzip_stream() {
+        let out = gzip(b"", 2);
+        let mut decoded = Vec::new();
+        flate2::read::MultiGzDecoder::new(&out[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert!(decoded.is_empty());
+        assert!(!out.is_empty());
+    }
+}

@@ -1,0 +1,923 @@
+//! `unpack`: extracts a (possibly compressed) layer tar into a directory, safely.
+//!
+//! Safety model: every path is resolved with openat2(RESOLVE_IN_ROOT) against a directory fd
+//! of `dest`, so `..`, absolute symlinks and symlinked parents all stay inside `dest`; the last
+//! component is always created/removed with *at calls that never follow it (O_NOFOLLOW,
+//! O_EXCL, AT_SYMLINK_NOFOLLOW, linkat without AT_SYMLINK_FOLLOW). Entry names containing `..`
+//! are rejected outright, and absolute entry names are taken relative to `dest`.
+//!
+//! Whiteouts: `Flatten` applies them (deleting lower content) to build a merged root file
+//! system; `Overlay` turns them into overlayfs form (0/0 char devices, `trusted.overlay.opaque`)
+//! for use as a lowerdir.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+use super::LayerError;
+use super::archive::decompress;
+
+/// How whiteouts are materialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpackMode {
+    /// Apply whiteouts by deleting: for building one merged root file system.
+    Flatten,
+    /// Convert whiteouts to overlayfs form: for use as an overlay lowerdir.
+    Overlay,
+}
+
+/// What an unpack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    /// Tar entries materialized (whiteouts not counted).
+    pub entries: u64,
+    /// Bytes of regular file content written.
+    pub bytes: u64,
+    /// Whiteouts and opaque markers applied or converted.
+    pub whiteouts: u64,
+}
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Extracts the layer read from `reader` (gzip, zstd or plain tar, detected) into `dest`.
+pub fn unpack(reader: impl Read, dest: &Path, mode: UnpackMode) -> Result<UnpackStats, LayerError> {
+    let dest_err = |source| LayerError::Unpack {
+        path: String::new(),
+        dest: dest.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dest).map_err(dest_err)?;
+    let root = rustix::fs::open(
+        dest,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| dest_err(e.into()))?;
+    let stream = decompress(reader).map_err(LayerError::ReadTar)?;
+    let mut archive = tar::Archive::new(stream);
+    let mut unpacker = Unpacker {
+        root,
+        dest: dest.to_path_buf(),
+        mode,
+        is_root: rustix::process::geteuid().is_root(),
+        created: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: UnpackStats::default(),
+    };
+    for entry in archive.entries().map_err(LayerError::ReadTar)? {
+        let entry = entry.map_err(LayerError::ReadTar)?;
+        unpacker.apply(entry)?;
+    }
+    unpacker.finish()
+}
+
+/// Metadata of one entry, with PAX overrides applied.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    dest: PathBuf,
+    mode: UnpackMode,
+    is_root: bool,
+    /// Paths (relative to dest) created by this layer: opaque markers spare them.
+    created: HashSet<PathBuf>,
+    /// Directory mtimes, applied last (creating children changes them).
+    dir_times: Vec<(PathBuf, i64)>,
+    stats: UnpackStats,
+}
+
+/// Splits a tar path into normalized components: leading `/` and `.` dropped, `..` rejected.
+fn normalize(raw: &[u8]) -> Result<Vec<&[u8]>, LayerError> {
+    let mut parts = Vec::new();
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                return Err(LayerError::UnsafePath {
+                    path: String::from_utf8_lossy(raw).into_owned(),
+                    reason: "'..' components are not allowed in layer entries".to_string(),
+                });
+            }
+            _ => parts.push(part),
+        }
+    }
+    Ok(parts)
+}
+
+fn join(parts: &[&[u8]]) -> PathBuf {
+    let mut path = PathBuf::new();
+    for part in parts {
+        path.push(OsStr::from_bytes(part));
+    }
+    path
+}
+
+/// Path argument for *at calls on the root itself.
+fn at_path(path: &Path) -> &Path {
+    if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    }
+}
+
+fn timestamps(mtime: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+impl Unpacker {
+    fn err(&self, path: &Path, source: impl Into<io::Error>) -> LayerError {
+        LayerError::Unpack {
+            path: path.display().to_string(),
+            dest: self.dest.clone(),
+            source: source.into(),
+        }
+    }
+
+    /// Opens directory `path` (relative to dest), resolving every component inside dest.
+    fn open_dir(&self, path: &Path) -> Result<OwnedFd, Errno> {
+        rustix::fs::openat2(
+            &self.root,
+            at_path(path),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    /// Opens directory `path`, creating it and missing parents (0755, root-owned) as needed.
+    fn ensure_dir(&mut self, path: &Path) -> Result<OwnedFd, LayerError> {
+        match self.open_dir(path) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) if !path.as_os_str().is_empty() => {}
+            Err(e) => return Err(self.err(path, e)),
+        }
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        let parent_fd = self.ensure_dir(parent)?;
+        match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(self.err(path, e)),
+        }
+        self.created.insert(path.to_path_buf());
+        self.open_dir(path).map_err(|e| self.err(path, e))
+    }
+
+    fn apply(&mut self, mut entry: tar::Entry<'_, impl Read>) -> Result<(), LayerError> {
+        let entry_type = entry.header().entry_type();
+        if matches!(
+            entry_type,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let display = String::from_utf8_lossy(&raw).into_owned();
+        let parts = normalize(&raw)?;
+        let Some((&name, parent_parts)) = parts.split_last() else {
+            // "./" or "/": the destination itself; its metadata is left alone.
+            if entry_type.is_dir() {
+                return Ok(());
+            }
+            return Err(LayerError::UnsafePath {
+                path: display,
+                reason: "a non-directory entry names the layer root".to_string(),
+            });
+        };
+        let parent = join(parent_parts);
+        let path = join(&parts);
+
+        if name == OPAQUE_MARKER {
+            return self.apply_opaque(&parent);
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(LayerError::UnsafePath {
+                    path: display,
+                    reason: "whiteout of an invalid name".to_string(),
+                });
+            }
+            return self.apply_whiteout(&parent, OsStr::from_bytes(hidden));
+        }
+
+        let meta = self.meta(&mut entry, &display)?;
+        let parent_fd = self.ensure_dir(&parent)?;
+        let name = OsStr::from_bytes(name);
+        match entry_type {
+            tar::EntryType::Directory => {
+                let is_dir = matches!(
+                    rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW),
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                );
+                if !is_dir {
+                    remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
+                    rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o700))
+                        .map_err(|e| self.err(&path, e))?;
+                }
+                let fd = rustix::fs::openat(
+                    &parent_fd,
+                    name,
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| self.err(&path, e))?;
+                self.set_fd_meta(&fd, &path, &meta, false)?;
+                self.dir_times.push((path.clone(), meta.mtime));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
+                let fd = rustix::fs::openat(
+                    &parent_fd,
+                    name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| self.err(&path, e))?;
+                let mut file = File::from(fd);
+                let copied = io::copy(&mut entry, &mut file).map_err(|e| self.err(&path, e))?;
+                self.stats.bytes += copied;
+                self.set_fd_meta(&file, &path, &meta, true)?;
+            }
+            tar::EntryType::Link => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default();
+                let target_parts = normalize(&target_raw)?;
+                let Some((&target_name, target_parent)) = target_parts.split_last() else {
+                    return Err(LayerError::UnsafePath {
+                        path: display,
+                        reason: "hard link to the layer root".to_string(),
+                    });
+                };
+                let target_dir = self
+                    .open_dir(&join(target_parent))
+                    .map_err(|e| self.err(&join(&target_parts), e))?;
+                remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
+                rustix::fs::linkat(
+                    &target_dir,
+                    OsStr::from_bytes(target_name),
+                    &parent_fd,
+                    name,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.err(&path, e))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| b.into_owned())
+                    .unwrap_or_default();
+                remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent_fd, name)
+                    .map_err(|e| self.err(&path, e))?;
+                self.set_at_meta(&parent_fd, name, &path, &meta, false)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let file_type = match entry_type {
+                    tar::EntryType::Char => FileType::CharacterDevice,
+                    tar::EntryType::Block => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let header = entry.header();
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
+                rustix::fs::mknodat(
+                    &parent_fd,
+                    name,
+                    file_type,
+                    Mode::from_raw_mode(meta.mode),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| self.err(&path, e))?;
+                self.set_at_meta(&parent_fd, name, &path, &meta, true)?;
+            }
+            other => {
+                return Err(LayerError::Unsupported {
+                    path: display,
+                    message: format!("tar entry type {other:?}"),
+                });
+            }
+        }
+        self.created.insert(path);
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    /// Mode, ownership, mtime and xattrs from the header and its PAX records.
+    fn meta(
+        &self,
+        entry: &mut tar::Entry<'_, impl Read>,
+        display: &str,
+    ) -> Result<Meta, LayerError> {
+        let header = entry.header();
+        let bad = |what: &str| LayerError::UnsafePath {
+            path: display.to_string(),
+            reason: format!("invalid {what} in the tar header"),
+        };
+        let mut meta = Meta {
+            mode: header.mode().map_err(|_| bad("mode"))? & 0o7777,
+            uid: u32::try_from(header.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?,
+            gid: u32::try_from(header.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?,
+            mtime: i64::try_from(header.mtime().map_err(|_| bad("mtime"))?)
+                .map_err(|_| bad("mtime"))?,
+            xattrs: Vec::new(),
+        };
+        if let Some(pax) = entry.pax_extensions().map_err(LayerError::ReadTar)? {
+            for record in pax {
+                let record = record.map_err(LayerError::ReadTar)?;
+                let Ok(key) = record.key() else { continue };
+                let value = record.value_bytes();
+                let text = std::str::from_utf8(value).unwrap_or("");
+                match key {
+                    "uid" => meta.uid = text.parse().map_err(|_| bad("PAX uid"))?,
+                    "gid" => meta.gid = text.parse().map_err(|_| bad("PAX gid"))?,
+                    "mtime" => {
+                        let secs = text.split('.').next().unwrap_or("");
+                        meta.mtime = secs.parse().map_err(|_| bad("PAX mtime"))?;
+                    }
+                    _ => {
+                        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                            meta.xattrs.push((name.to_string(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Applies ownership, mode, xattrs and (unless a directory) mtime through an open fd.
+    fn set_fd_meta(
+        &self,
+        fd: &impl AsFd,
+        path: &Path,
+        meta: &Meta,
+        set_mtime: bool,
+    ) -> Result<(), LayerError> {
+        if self.is_root {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+            )
+            .map_err(|e| self.err(path, e))?;
+        }
+        // After chown, which clears setuid/setgid bits.
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| self.err(path, e))?;
+        for (key, value) in &meta.xattrs {
+            if key.starts_with("trusted.overlay.") {
+                tracing::warn!(path = %path.display(), key, "ignoring overlayfs xattr from a layer");
+                continue;
+            }
+            match rustix::fs::fsetxattr(fd, key.as_str(), value, XattrFlags::empty()) {
+                Ok(()) => {}
+                Err(e @ (Errno::NOTSUP | Errno::PERM)) => {
+                    tracing::warn!(path = %path.display(), key, error = %e, "cannot set xattr");
+                }
+                Err(e) => return Err(self.err(path, e)),
+            }
+        }
+        if set_mtime {
+            rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(|e| self.err(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Applies ownership, mode (unless a symlink) and mtime by name, never following `name`.
+    fn set_at_meta(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        meta: &Meta,
+        set_mode: bool,
+    ) -> Result<(), LayerError> {
+        if self.is_root {
+            rustix::fs::chownat(
+                parent,
+                name,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| self.err(path, e))?;
+        }
+        if set_mode {
+            // Only reached for device nodes and fifos we just created (not symlinks).
+            rustix::fs::chmodat(
+                parent,
+                name,
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.err(path, e))?;
+        }
+        rustix::fs::utimensat(
+            parent,
+            name,
+            &timestamps(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.err(path, e))?;
+        Ok(())
+    }
+
+    fn apply_opaque(&mut self, dir: &Path) -> Result<(), LayerError> {
+        self.stats.whiteouts += 1;
+        match self.mode {
+            UnpackMode::Flatten => {
+                let fd = match self.open_dir(dir) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT) => return Ok(()),
+                    Err(e) => return Err(self.err(dir, e)),
+                };
+                remove_lower_children(&fd, dir, &self.created).map_err(|e| self.err(dir, e))
+            }
+            UnpackMode::Overlay => {
+                let fd = self.ensure_dir(dir)?;
+                rustix::fs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                    .map_err(|e| self.err(dir, e))
+            }
+        }
+    }
+
+    fn apply_whiteout(&mut self, parent: &Path, name: &OsStr) -> Result<(), LayerError> {
+        self.stats.whiteouts += 1;
+        let path = parent.join(name);
+        match self.mode {
+            UnpackMode::Flatten => {
+                let fd = match self.open_dir(parent) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT) => return Ok(()),
+                    Err(e) => return Err(self.err(parent, e)),
+                };
+                remove_all_at(&fd, name).map_err(|e| self.err(&path, e))?;
+            }
+            UnpackMode::Overlay => {
+                let fd = self.ensure_dir(parent)?;
+                remove_all_at(&fd, name).map_err(|e| self.err(&path, e))?;
+                rustix::fs::mknodat(
+                    &fd,
+                    name,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    rustix::fs::makedev(0, 0),
+                )
+                .map_err(|e| self.err(&path, e))?;
+                self.created.insert(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets directory mtimes, deepest first, now that their contents are final.
+    fn finish(mut self) -> Result<UnpackStats, LayerError> {
+        let mut dir_times = std::mem::take(&mut self.dir_times);
+        dir_times.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+        for (path, mtime) in dir_times {
+            match self.open_dir(&path) {
+                Ok(fd) => {
+                    rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(|e| self.err(&path, e))?
+                }
+                // Removed by a later whiteout in the same layer.
+                Err(Errno::NOENT) => {}
+                Err(e) => return Err(self.err(&path, e)),
+            }
+        }
+        Ok(self.stats)
+    }
+}
+
+/// Removes `name` in `parent` (recursively for directories) without following symlinks.
+/// A missing name is not an error.
+fn remove_all_at(parent: &impl AsFd, name: &OsStr) -> Result<(), Errno> {
+    let stat = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(parent, name, AtFlags::empty());
+    }
+    let dir = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in child_names(&dir)? {
+        remove_all_at(&dir, &child)?;
+    }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// Names in a directory, without `.` and `..`.
+fn child_names(dir: &OwnedFd) -> Result<Vec<std::ffi::OsString>, Errno> {
+    let mut names = Vec::new();
+    for child in rustix::fs::Dir::read_from(dir)? {
+        let child = child?;
+        let name = child.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
+/// For an opaque directory in Flatten mode: deletes everything under `dir` that this layer did
+/// not create, keeping this layer's own entries.
+fn remove_lower_children(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    created: &HashSet<PathBuf>,
+) -> Result<(), Errno> {
+    for name in child_names(dir)? {
+        let child_path = dir_path.join(&name);
+        if !created.contains(&child_path) {
+            remove_all_at(dir, &name)?;
+            continue;
+        }
+        let is_dir = matches!(
+            rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+        );
+        if is_dir {
+            let child = rustix::fs::openat(
+                dir,
+                &name,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            remove_lower_children(&child, &child_path, created)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::tar_header::{self, HeaderFields, TypeFlag};
+    use crate::layer::{Compression, Entry, EntryKind, FileSource, LayerOptions, write_layer};
+    use crate::store::Store;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+    fn file(path: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::File {
+                source: FileSource::Bytes(content.to_vec()),
+                size: content.len() as u64,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1_600_000_000,
+            xattrs: Vec::new(),
+        }
+    }
+
+    fn node(path: &str, kind: EntryKind, mode: u32) -> Entry {
+        Entry {
+            kind,
+            mode,
+            ..file(path, b"")
+        }
+    }
+
+    /// Writes entries as a layer and unpacks it into `dest`.
+    fn layer_into(
+        entries: Vec<Entry>,
+        compression: Compression,
+        dest: &Path,
+        mode: UnpackMode,
+    ) -> UnpackStats {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = Store::open(store_dir.path()).unwrap();
+        let opts = LayerOptions {
+            compression,
+            source_date_epoch: None,
+        };
+        let info = write_layer(&store, entries, &opts).unwrap();
+        unpack(store.open_blob(&info.digest).unwrap(), dest, mode).unwrap()
+    }
+
+    /// A raw tar, built without any validation, for malicious inputs.
+    fn raw_tar(entries: &[(&str, TypeFlag, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, type_flag, link, data) in entries {
+            out.extend(tar_header::encode(&HeaderFields {
+                name,
+                link_name: link,
+                type_flag: *type_flag,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                size: data.len() as u64,
+                mtime: 0,
+                dev_major: 0,
+                dev_minor: 0,
+                xattrs: &[],
+            }));
+            out.extend_from_slice(data);
+            out.resize(out.len() + tar_header::padding(data.len() as u64), 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    #[test]
+    fn round_trip_keeps_content_modes_owners_times_links_devices_and_xattrs() {
+        let dest = tempfile::tempdir().unwrap();
+        let mut owned = file("etc/owned", b"mine");
+        owned.uid = 1234;
+        owned.gid = 4321;
+        owned.mode = 0o4750;
+        let long = format!("etc/{}", "L".repeat(180));
+        let entries = vec![
+            node("etc", EntryKind::Dir, 0o751),
+            file("etc/hosts", b"127.0.0.1 localhost\n"),
+            owned,
+            file(&long, b"long"),
+            node(
+                "etc/hard",
+                EntryKind::Hardlink {
+                    target: "etc/hosts".into(),
+                },
+                0o644,
+            ),
+            node(
+                "etc/sym",
+                EntryKind::Symlink {
+                    target: "/etc/hosts".into(),
+                },
+                0o777,
+            ),
+            node("etc/fifo", EntryKind::Fifo, 0o600),
+            node(
+                "dev/null",
+                EntryKind::CharDevice { major: 1, minor: 3 },
+                0o666,
+            ),
+            Entry {
+                xattrs: vec![("user.note".into(), b"hello".to_vec())],
+                ..file("etc/xattr", b"x")
+            },
+        ];
+        for compression in [
+            Compression::Gzip,
+            Compression::Zstd { level: 1 },
+            Compression::Uncompressed,
+        ] {
+            let dest = dest.path().join(format!("{compression:?}"));
+            let stats = layer_into(entries.clone(), compression, &dest, UnpackMode::Flatten);
+            assert_eq!(stats.entries, 9);
+            let etc = dest.join("etc");
+            assert_eq!(
+                std::fs::read(etc.join("hosts")).unwrap(),
+                b"127.0.0.1 localhost\n"
+            );
+            assert_eq!(std::fs::read(etc.join(&long[4..])).unwrap(), b"long");
+            let hosts = std::fs::metadata(etc.join("hosts")).unwrap();
+            let hard = std::fs::metadata(etc.join("hard")).unwrap();
+            assert_eq!(hosts.ino(), hard.ino(), "hard link shares the inode");
+            assert_eq!(hosts.mtime(), 1_600_000_000);
+            assert_eq!(
+                std::fs::read_link(etc.join("sym")).unwrap(),
+                Path::new("/etc/hosts")
+            );
+            assert!(
+                std::fs::symlink_metadata(etc.join("fifo"))
+                    .unwrap()
+                    .file_type()
+                    .is_fifo()
+            );
+            assert_eq!(
+                std::fs::metadata(&etc).unwrap().permissions().mode() & 0o7777,
+                0o751
+            );
+            assert_eq!(
+                std::fs::metadata(&etc).unwrap().mtime(),
+                1_600_000_000,
+                "dir mtime set last"
+            );
+            let owned = std::fs::metadata(etc.join("owned")).unwrap();
+            assert_eq!(owned.permissions().mode() & 0o7777, 0o4750);
+            if rustix::process::geteuid().is_root() {
+                assert_eq!((owned.uid(), owned.gid()), (1234, 4321));
+                let null = std::fs::metadata(dest.join("dev/null")).unwrap();
+                assert!(null.file_type().is_char_device());
+                assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+            }
+            let mut value = vec![0u8; 16];
+            let n =
+                rustix::fs::getxattr(etc.join("xattr").as_path(), "user.note", &mut value).unwrap();
+            assert_eq!(&value[..n], b"hello");
+        }
+    }
+
+    #[test]
+    fn dot_dot_entries_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let tar = raw_tar(&[("../escaped", TypeFlag::Regular, "", b"pwned")]);
+        let err = unpack(&tar[..], &dest, UnpackMode::Flatten).unwrap_err();
+        assert!(matches!(err, LayerError::UnsafePath { .. }), "{err}");
+        assert!(!dir.path().join("escaped").exists());
+
+        let tar = raw_tar(&[("a/../../x", TypeFlag::Regular, "", b"pwned")]);
+        assert!(matches!(
+            unpack(&tar[..], &dest, UnpackMode::Flatten),
+            Err(LayerError::UnsafePath { .. })
+        ));
+        let tar = raw_tar(&[("h", TypeFlag::Hardlink, "../../etc/passwd", b"")]);
+        assert!(matches!(
+            unpack(&tar[..], &dest, UnpackMode::Flatten),
+            Err(LayerError::UnsafePath { .. })
+        ));
+    }
+
+    #[test]
+    fn absolute_names_stay_inside_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let outside = dir.path().join("outside.txt");
+        let name = outside.display().to_string();
+        let tar = raw_tar(&[(name.as_str(), TypeFlag::Regular, "", b"contained")]);
+        unpack(&tar[..], &dest, UnpackMode::Flatten).unwrap();
+        assert!(!outside.exists());
+        let inside = dest.join(name.trim_start_matches('/'));
+        assert_eq!(std::fs::read(inside).unwrap(), b"contained");
+    }
+
+    #[test]
+    fn symlinked_parents_cannot_lead_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let outside_abs = outside.display().to_string();
+        for (link_target, label) in [
+            (outside_abs.as_str(), "absolute"),
+            ("../../../../../../", "relative"),
+        ] {
+            let tar = raw_tar(&[
+                ("evil", TypeFlag::Symlink, link_target, b""),
+                ("evil/pwned", TypeFlag::Regular, "", b"pwned"),
+            ]);
+            // Either an error or contained: never a file outside.
+            let _ = unpack(&tar[..], &dest, UnpackMode::Flatten);
+            assert!(!outside.join("pwned").exists(), "{label}");
+            assert!(!dir.path().join("pwned").exists(), "{label}");
+            let _ = std::fs::remove_dir_all(&dest);
+        }
+        // With the relative link, IN_ROOT clamps ".." at dest: the file lands in dest itself.
+        let tar = raw_tar(&[
+            ("up", TypeFlag::Symlink, "../../../../../../", b""),
+            ("up/inside", TypeFlag::Regular, "", b"ok"),
+        ]);
+        unpack(&tar[..], &dest, UnpackMode::Flatten).unwrap();
+        assert_eq!(std::fs::read(dest.join("inside")).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn a_file_entry_replaces_a_symlink_instead_of_writing_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"original").unwrap();
+        let victim_abs = victim.display().to_string();
+        let tar = raw_tar(&[
+            ("f", TypeFlag::Symlink, victim_abs.as_str(), b""),
+            ("f", TypeFlag::Regular, "", b"pwned"),
+        ]);
+        unpack(&tar[..], &dest, UnpackMode::Flatten).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"original");
+        assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"pwned");
+    }
+
+    #[test]
+    fn hard_links_cannot_reach_outside_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap();
+        let victim_abs = victim.display().to_string();
+        let via_symlink = format!("sl{victim_abs}");
+        for tar in [
+            raw_tar(&[("h", TypeFlag::Hardlink, victim_abs.as_str(), b"")]),
+            raw_tar(&[
+                ("sl", TypeFlag::Symlink, "/", b""),
+                ("h", TypeFlag::Hardlink, via_symlink.as_str(), b""),
+            ]),
+        ] {
+            assert!(unpack(&tar[..], &dest, UnpackMode::Flatten).is_err());
+            assert_eq!(std::fs::metadata(&victim).unwrap().nlink(), 1);
+        }
+    }
+
+    #[test]
+    fn flatten_applies_whiteouts_and_opaque_dirs() {
+        let dest = tempfile::tempdir().unwrap();
+        let lower = vec![
+            node("a", EntryKind::Dir, 0o755),
+            file("a/x", b"x"),
+            node("a/sub", EntryKind::Dir, 0o755),
+            file("a/sub/old", b"old"),
+            node("b", EntryKind::Dir, 0o755),
+            file("b/z", b"z"),
+            file("keep", b"keep"),
+        ];
+        layer_into(lower, Compression::Gzip, dest.path(), UnpackMode::Flatten);
+        let upper = vec![
+            node("a", EntryKind::OpaqueDir, 0o755),
+            node("a", EntryKind::Dir, 0o755),
+            node("a/sub", EntryKind::Dir, 0o755),
+            file("a/sub/new", b"new"),
+            node("b", EntryKind::Whiteout, 0),
+        ];
+        let stats = layer_into(upper, Compression::Gzip, dest.path(), UnpackMode::Flatten);
+        assert_eq!(stats.whiteouts, 2);
+        assert!(!dest.path().join("b").exists());
+        assert!(!dest.path().join("a/x").exists());
+        assert!(!dest.path().join("a/sub/old").exists());
+        assert!(dest.path().join("a/sub/new").exists());
+        assert!(dest.path().join("keep").exists());
+    }
+
+    #[test]
+    fn opaque_marker_after_siblings_spares_this_layers_content() {
+        let dest = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dest.path().join("d")).unwrap();
+        std::fs::write(dest.path().join("d/lower"), b"l").unwrap();
+        let tar = raw_tar(&[
+            ("d/", TypeFlag::Dir, "", b""),
+            ("d/mine", TypeFlag::Regular, "", b"m"),
+            ("d/.wh..wh..opq", TypeFlag::Regular, "", b""),
+        ]);
+        unpack(&tar[..], dest.path(), UnpackMode::Flatten).unwrap();
+        assert!(!dest.path().join("d/lower").exists());
+        assert!(dest.path().join("d/mine").exists());
+    }
+
+    #[test]
+    fn overlay_mode_converts_whiteouts_to_overlayfs_form() {
+        let dest = tempfile::tempdir().unwrap();
+        let upper = vec![
+            node("a", EntryKind::OpaqueDir, 0o755),
+            node("a", EntryKind::Dir, 0o755),
+            node("gone", EntryKind::Whiteout, 0),
+        ];
+        let stats = layer_into(upper, Compression::Gzip, dest.path(), UnpackMode::Overlay);
+        assert_eq!(stats.whiteouts, 2);
+        let gone = std::fs::symlink_metadata(dest.path().join("gone")).unwrap();
+        assert!(gone.file_type().is_char_device());
+        assert_eq!(gone.rdev(), 0);
+        let mut value = [0u8; 4];
+        let n = rustix::fs::getxattr(
+            dest.path().join("a").as_path(),
+            OVERLAY_OPAQUE_XATTR,
+            &mut value,
+        )
+        .unwrap();
+        assert_eq!(&value[..n], b"y");
+    }
+
+    #[test]
+    fn truncated_or_garbage_input_is_an_error() {
+        let dest = tempfile::tempdir().unwrap();
+        let mut tar = raw_tar(&[("f", TypeFlag::Regular, "", &[7u8; 5000])]);
+        tar.truncate(1500);
+        assert!(unpack(&tar[..], dest.path(), UnpackMode::Flatten).is_err());
+        let garbage = [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7];
+        assert!(unpack(&garbage[..], dest.path(), UnpackMode::Flatten).is_err());
+    }
+}

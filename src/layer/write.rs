@@ -1,0 +1,643 @@
+//! `write_layer`: turns layer entries into a deterministic tar, streamed through the diff_id
+//! hasher and a compressor straight into a store blob. File contents are streamed from disk,
+//! never held whole in memory.
+//!
+//! Determinism: entries are sorted component-wise by their tar path (parents before children,
+//! an opaque-dir marker first among its directory's children); duplicate paths keep the last
+//! entry; headers carry numeric ids only; mtimes are clamped to SOURCE_DATE_EPOCH when set;
+//! hard links always point to an earlier entry (the first path of a link group carries the data).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+
+use crate::digest::{Algorithm, Digest, HashingWriter};
+use crate::store::{BlobWriter, Store};
+
+use super::pgzip::ParallelGzipWriter;
+use super::tar_header::{self, HeaderFields, TypeFlag};
+use super::{Compression, Entry, EntryKind, FileSource, LayerError};
+
+/// How to write a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerOptions {
+    pub compression: Compression,
+    /// When set, every mtime later than this is clamped to it.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// The result of writing a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// sha256 of the uncompressed tar (goes in the config's rootfs.diff_ids).
+    pub diff_id: Digest,
+    /// sha256 of the stored (compressed) blob (goes in the manifest).
+    pub digest: Digest,
+    /// Size of the stored blob.
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Writes `entries` as a layer blob into `store`, compressing with all cores.
+pub fn write_layer(
+    store: &Store,
+    entries: Vec<Entry>,
+    opts: &LayerOptions,
+) -> Result<LayerInfo, LayerError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    write_layer_with_threads(store, entries, opts, threads)
+}
+
+/// `write_layer` with an explicit gzip thread count (the output does not depend on it).
+pub fn write_layer_with_threads(
+    store: &Store,
+    entries: Vec<Entry>,
+    opts: &LayerOptions,
+    threads: usize,
+) -> Result<LayerInfo, LayerError> {
+    let entries = order_entries(entries)?;
+    let blob = store.blob_writer()?;
+    let compressor = match opts.compression {
+        Compression::Gzip => Compressor::Gzip(ParallelGzipWriter::new(
+            blob,
+            flate2::Compression::default(),
+            threads,
+        )),
+        Compression::Zstd { level } => Compressor::Zstd(
+            zstd::stream::write::Encoder::new(blob, level).map_err(LayerError::WriteStream)?,
+        ),
+        Compression::Uncompressed => Compressor::None(blob),
+    };
+    let mut tar = HashingWriter::new(
+        io::BufWriter::with_capacity(256 * 1024, compressor),
+        Algorithm::Sha256,
+    );
+    for entry in &entries {
+        write_entry(&mut tar, entry, opts.source_date_epoch)?;
+    }
+    tar.write_all(&[0u8; 2 * tar_header::BLOCK])
+        .map_err(LayerError::WriteStream)?;
+    let (buffered, diff_id, _) = tar.finish();
+    let compressor = buffered.into_inner().map_err(|e| {
+        LayerError::WriteStream(io::Error::new(e.error().kind(), e.error().to_string()))
+    })?;
+    let blob = compressor.finish().map_err(LayerError::WriteStream)?;
+    let (digest, size) = blob.commit(None)?;
+    Ok(LayerInfo {
+        diff_id,
+        digest,
+        size,
+        media_type: opts.compression.media_type().to_string(),
+    })
+}
+
+/// The compression stage between the tar hasher and the blob.
+enum Compressor {
+    Gzip(ParallelGzipWriter<BlobWriter>),
+    Zstd(zstd::stream::write::Encoder<'static, BlobWriter>),
+    None(BlobWriter),
+}
+
+impl Compressor {
+    fn finish(self) -> io::Result<BlobWriter> {
+        match self {
+            Compressor::Gzip(w) => w.finish(),
+            Compressor::Zstd(w) => w.finish(),
+            Compressor::None(w) => Ok(w),
+        }
+    }
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(w) => w.write(buf),
+            Compressor::Zstd(w) => w.write(buf),
+            Compressor::None(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(w) => w.flush(),
+            Compressor::Zstd(w) => w.flush(),
+            Compressor::None(w) => w.flush(),
+        }
+    }
+}
+
+/// The path an entry has inside the tar (whiteouts become `.wh.` names; dirs get no slash here).
+fn tar_path(entry: &Entry) -> String {
+    match entry.kind {
+        EntryKind::Whiteout => match entry.path.rsplit_once('/') {
+            Some((parent, name)) => format!("{parent}/.wh.{name}"),
+            None => format!(".wh.{}", entry.path),
+        },
+        EntryKind::OpaqueDir => format!("{}/.wh..wh..opq", entry.path),
+        _ => entry.path.clone(),
+    }
+}
+
+/// Sort key: path components, with the opaque marker sorting before its siblings.
+fn sort_key(path: &str) -> Vec<&str> {
+    path.split('/')
+        .map(|c| if c == ".wh..wh..opq" { "" } else { c })
+        .collect()
+}
+
+fn validate_path(entry: &Entry) -> Result<(), LayerError> {
+    let bad = |message: &str| LayerError::InvalidEntry {
+        path: entry.path.clone(),
+        message: message.to_string(),
+    };
+    let p = &entry.path;
+    if p.is_empty() && !matches!(entry.kind, EntryKind::Dir | EntryKind::OpaqueDir) {
+        return Err(bad("empty path"));
+    }
+    if p.starts_with('/') || p.ends_with('/') {
+        return Err(bad(
+            "paths must be relative without a leading or trailing '/'",
+        ));
+    }
+    if p.contains('\0') {
+        return Err(bad("NUL byte in path"));
+    }
+    if !p.is_empty() && p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(bad(
+            "paths must be normalized (no empty, '.' or '..' components)",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates, dedupes (last wins), sorts, and rewrites hard links to point backwards.
+fn order_entries(entries: Vec<Entry>) -> Result<Vec<Entry>, LayerError> {
+    let mut by_path: HashMap<String, Entry> = HashMap::with_capacity(entries.len());
+    for entry in entries {
+        validate_path(&entry)?;
+        // The root directory itself is not written (it is the extraction target).
+        if entry.path.is_empty() && entry.kind == EntryKind::Dir {
+            continue;
+        }
+        by_path.insert(tar_path(&entry), entry);
+    }
+    let mut sorted: Vec<(String, Entry)> = by_path.into_iter().collect();
+    sorted.sort_by(|a, b| sort_key(&a.0).cmp(&sort_key(&b.0)));
+    let mut entries: Vec<Entry> = sorted.into_iter().map(|(_, e)| e).collect();
+    relink_hardlinks(&mut entries)?;
+    Ok(entries)
+}
+
+/// Makes every hard link group's first entry (in output order) carry the file, and every
+/// other member a link to it, so readers always find the target before the link.
+fn relink_hardlinks(entries: &mut [Entry]) -> Result<(), LayerError> {
+    let index: HashMap<String, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.clone(), i))
+        .collect();
+    // Follow link chains to the file each link ultimately names.
+    let mut root_of: Vec<Option<usize>> = vec![None; entries.len()];
+    for i in 0..entries.len() {
+        let mut current = i;
+        let mut hops = 0;
+        while let EntryKind::Hardlink { target } = &entries[current].kind {
+            let Some(&next) = index.get(target) else {
+                return Err(LayerError::InvalidEntry {
+                    path: entries[i].path.clone(),
+                    message: format!("hard link target {target:?} is not in the layer"),
+                });
+            };
+            hops += 1;
+            if hops > entries.len() {
+                return Err(LayerError::InvalidEntry {
+                    path: entries[i].path.clone(),
+                    message: "hard link cycle".to_string(),
+                });
+            }
+            current = next;
+        }
+        if current != i {
+            if !matches!(entries[current].kind, EntryKind::File { .. }) {
+                return Err(LayerError::InvalidEntry {
+                    path: entries[i].path.clone(),
+                    message: format!(
+                        "hard link target {:?} is not a regular file",
+                        entries[current].path
+                    ),
+                });
+            }
+            root_of[i] = Some(current);
+        }
+    }
+    let mut first_of_group: HashMap<usize, usize> = HashMap::new();
+    for (i, root) in root_of.iter().enumerate() {
+        if let Some(root) = *root {
+            let first = first_of_group.entry(root).or_insert(root);
+            *first = (*first).min(i);
+        }
+    }
+    for (root, first) in first_of_group {
+        if first == root {
+            for (i, r) in root_of.iter().enumerate() {
+                if *r == Some(root) {
+                    entries[i].kind = EntryKind::Hardlink {
+                        target: entries[root].path.clone(),
+                    };
+                }
+            }
+            continue;
+        }
+        // Move the file (kind and inode metadata) to the earliest member.
+        let file = entries[root].clone();
+        let first_path = entries[first].path.clone();
+        entries[first] = Entry {
+            path: first_path.clone(),
+            ..file
+        };
+        for (i, r) in root_of.iter().enumerate() {
+            if (*r == Some(root) && i != first) || i == root {
+                entries[i].kind = EntryKind::Hardlink {
+                    target: first_path.clone(),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one entry's header(s) and data.
+fn write_entry(
+    out: &mut impl Write,
+    entry: &Entry,
+    source_date_epoch: Option<u64>,
+) -> Result<(), LayerError> {
+    let mtime = match source_date_epoch {
+        Some(epoch) => entry.mtime.min(epoch),
+        None => entry.mtime,
+    };
+    let mut name = tar_path(entry);
+    let (type_flag, link_name, size, dev_major, dev_minor) = match &entry.kind {
+        EntryKind::File { size, .. } => (TypeFlag::Regular, "", *size, 0, 0),
+        EntryKind::Dir => {
+            name.push('/');
+            (TypeFlag::Dir, "", 0, 0, 0)
+        }
+        EntryKind::Symlink { target } => (TypeFlag::Symlink, target.as_str(), 0, 0, 0),
+        EntryKind::Hardlink { target } => (TypeFlag::Hardlink, target.as_str(), 0, 0, 0),
+        EntryKind::CharDevice { major, minor } => (TypeFlag::CharDevice, "", 0, *major, *minor),
+        EntryKind::BlockDevice { major, minor } => (TypeFlag::BlockDevice, "", 0, *major, *minor),
+        EntryKind::Fifo => (TypeFlag::Fifo, "", 0, 0, 0),
+        EntryKind::Whiteout | EntryKind::OpaqueDir => (TypeFlag::Regular, "", 0, 0, 0),
+    };
+    let whiteout = matches!(entry.kind, EntryKind::Whiteout | EntryKind::OpaqueDir);
+    let header = tar_header::encode(&HeaderFields {
+        name: &name,
+        link_name,
+        type_flag,
+        mode: entry.mode,
+        uid: entry.uid,
+        gid: entry.gid,
+        size,
+        mtime,
+        dev_major,
+        dev_minor,
+        xattrs: if whiteout { &[] } else { &entry.xattrs },
+    });
+    out.write_all(&header).map_err(LayerError::WriteStream)?;
+    if let EntryKind::File { source, size } = &entry.kind {
+        match source {
+            FileSource::Bytes(bytes) => {
+                if bytes.len() as u64 != *size {
+                    return Err(LayerError::InvalidEntry {
+                        path: entry.path.clone(),
+                        message: format!(
+                            "size is {size} but the content has {} bytes",
+                            bytes.len()
+                        ),
+                    });
+                }
+                out.write_all(bytes).map_err(LayerError::WriteStream)?;
+            }
+            FileSource::Path(path) => {
+                let read_err = |source| LayerError::ReadSource {
+                    path: path.clone(),
+                    source,
+                };
+                let file = File::open(path).map_err(read_err)?;
+                let mut limited = file.take(*size);
+                let copied = copy_to_writer(&mut limited, out, path)?;
+                let mut probe = [0u8; 1];
+                let grew = limited.into_inner().read(&mut probe).map_err(read_err)? > 0;
+                if copied != *size || grew {
+                    return Err(LayerError::SourceChanged {
+                        path: path.clone(),
+                        expected: *size,
+                        actual: if grew { size + 1 } else { copied },
+                    });
+                }
+            }
+        }
+        let pad = tar_header::padding(*size);
+        out.write_all(&[0u8; tar_header::BLOCK][..pad])
+            .map_err(LayerError::WriteStream)?;
+    }
+    Ok(())
+}
+
+/// Copies, telling read errors (the source file) from write errors (the layer stream) apart.
+fn copy_to_writer(
+    reader: &mut impl Read,
+    out: &mut impl Write,
+    path: &std::path::Path,
+) -> Result<u64, LayerError> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(LayerError::ReadSource {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        out.write_all(&buf[..n]).map_err(LayerError::WriteStream)?;
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::archive::decompress;
+
+    pub(crate) fn file(path: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::File {
+                source: FileSource::Bytes(content.to_vec()),
+                size: content.len() as u64,
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1_700_000_000,
+            xattrs: Vec::new(),
+        }
+    }
+
+    pub(crate) fn with_kind(path: &str, kind: EntryKind) -> Entry {
+        Entry {
+            kind,
+            mode: 0o755,
+            ..file(path, b"")
+        }
+    }
+
+    fn sample_entries() -> Vec<Entry> {
+        let long = format!("deep/{}", "n".repeat(150));
+        vec![
+            file("usr/bin/tool", b"#!/bin/sh\necho tool\n"),
+            with_kind("usr", EntryKind::Dir),
+            with_kind("usr/bin", EntryKind::Dir),
+            with_kind("deep", EntryKind::Dir),
+            file(&long, b"long name"),
+            with_kind(
+                "usr/bin/link",
+                EntryKind::Hardlink {
+                    target: "usr/bin/tool".into(),
+                },
+            ),
+            with_kind(
+                "usr/bin/sym",
+                EntryKind::Symlink {
+                    target: "tool".into(),
+                },
+            ),
+            with_kind("dev", EntryKind::Dir),
+            with_kind("dev/null", EntryKind::CharDevice { major: 1, minor: 3 }),
+            with_kind("gone", EntryKind::Whiteout),
+            with_kind("usr/share", EntryKind::OpaqueDir),
+            Entry {
+                xattrs: vec![("security.capability".into(), vec![1, 0, 0, 2])],
+                ..file("usr/bin/cap", b"cap")
+            },
+        ]
+    }
+
+    fn read_names(store: &Store, info: &LayerInfo) -> Vec<(String, tar::EntryType, String)> {
+        let blob = store.open_blob(&info.digest).unwrap();
+        let mut archive = tar::Archive::new(decompress(blob).unwrap());
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    e.header().entry_type(),
+                    link,
+                )
+            })
+            .collect()
+    }
+
+    fn gzip_opts() -> LayerOptions {
+        LayerOptions {
+            compression: Compression::Gzip,
+            source_date_epoch: None,
+        }
+    }
+
+    #[test]
+    fn same_entries_give_the_same_digests_for_any_order_and_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = write_layer_with_threads(&store, sample_entries(), &gzip_opts(), 1).unwrap();
+        let mut reversed = sample_entries();
+        reversed.reverse();
+        let b = write_layer_with_threads(&store, reversed, &gzip_opts(), 4).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
+
+        // Big content crossing several gzip chunks, from a file on disk.
+        let big = dir.path().join("big");
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&big, &data).unwrap();
+        let entry = Entry {
+            kind: EntryKind::File {
+                source: FileSource::Path(big.clone()),
+                size: data.len() as u64,
+            },
+            ..file("big", b"")
+        };
+        let one = write_layer_with_threads(&store, vec![entry.clone()], &gzip_opts(), 1).unwrap();
+        let three = write_layer_with_threads(&store, vec![entry], &gzip_opts(), 3).unwrap();
+        assert_eq!(one, three);
+    }
+
+    #[test]
+    fn tar_is_sorted_with_dirs_slashed_whiteouts_and_links_resolvable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let info = write_layer(&store, sample_entries(), &gzip_opts()).unwrap();
+        let names = read_names(&store, &info);
+        let paths: Vec<&str> = names.iter().map(|(p, _, _)| p.as_str()).collect();
+        let long_dir_child = format!("deep/{}", "n".repeat(150));
+        let expected = vec![
+            ".wh.gone",
+            "deep/",
+            long_dir_child.as_str(),
+            "dev/",
+            "dev/null",
+            "usr/",
+            "usr/bin/",
+            "usr/bin/cap",
+            "usr/bin/link",
+            "usr/bin/sym",
+            "usr/bin/tool",
+            "usr/share/.wh..wh..opq",
+        ];
+        assert_eq!(paths, expected);
+        // The hard link group: "usr/bin/link" sorts first, so it carries the data.
+        let link = names.iter().find(|(p, _, _)| p == "usr/bin/link").unwrap();
+        assert_eq!(link.1, tar::EntryType::Regular);
+        let tool = names.iter().find(|(p, _, _)| p == "usr/bin/tool").unwrap();
+        assert_eq!(tool.1, tar::EntryType::Link);
+        assert_eq!(tool.2, "usr/bin/link");
+        let null = names.iter().find(|(p, _, _)| p == "dev/null").unwrap();
+        assert_eq!(null.1, tar::EntryType::Char);
+    }
+
+    #[test]
+    fn headers_are_numeric_clamped_and_carry_pax_xattrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let opts = LayerOptions {
+            compression: Compression::Uncompressed,
+            source_date_epoch: Some(1000),
+        };
+        let mut early = file("early", b"e");
+        early.mtime = 10;
+        let info =
+            write_layer(&store, vec![sample_entries().pop().unwrap(), early], &opts).unwrap();
+        assert_eq!(info.media_type, "application/vnd.oci.image.layer.v1.tar");
+        let blob = store.read_blob(&info.digest).unwrap();
+        assert_eq!(
+            info.diff_id, info.digest,
+            "uncompressed: diff_id is the blob digest"
+        );
+        let mut archive = tar::Archive::new(&blob[..]);
+        let mut seen = 0;
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let header = e.header().clone();
+            assert_eq!(header.username_bytes(), Some(&b""[..]));
+            assert_eq!(header.groupname_bytes(), Some(&b""[..]));
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            if path == "early" {
+                assert_eq!(header.mtime().unwrap(), 10);
+            } else {
+                assert_eq!(header.mtime().unwrap(), 1000, "clamped");
+                let pax: Vec<(String, Vec<u8>)> = e
+                    .pax_extensions()
+                    .unwrap()
+                    .unwrap()
+                    .map(|x| {
+                        let x = x.unwrap();
+                        (x.key().unwrap().to_string(), x.value_bytes().to_vec())
+                    })
+                    .collect();
+                assert_eq!(
+                    pax,
+                    vec![(
+                        "SCHILY.xattr.security.capability".to_string(),
+                        vec![1, 0, 0, 2]
+                    )]
+                );
+                let mut content = String::new();
+                e.read_to_string(&mut content).unwrap();
+                assert_eq!(content, "cap");
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn zstd_layers_decode_to_the_same_tar_as_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let gz = write_layer(&store, sample_entries(), &gzip_opts()).unwrap();
+        let zst = write_layer(
+            &store,
+            sample_entries(),
+            &LayerOptions {
+                compression: Compression::Zstd { level: 3 },
+                source_date_epoch: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(gz.diff_id, zst.diff_id);
+        assert_ne!(gz.digest, zst.digest);
+        assert_eq!(
+            zst.media_type,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        let mut tar = Vec::new();
+        decompress(store.open_blob(&zst.digest).unwrap())
+            .unwrap()
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(Digest::sha256_of(&tar), zst.diff_id);
+    }
+
+    #[test]
+    fn a_source_file_that_changed_size_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        let entry = Entry {
+            kind: EntryKind::File {
+                source: FileSource::Path(path.clone()),
+                size: 3,
+            },
+            ..file("f", b"")
+        };
+        let err = write_layer(&store, vec![entry], &gzip_opts()).unwrap_err();
+        assert!(matches!(err, LayerError::SourceChanged { .. }), "{err}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn invalid_entries_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for bad in ["/abs", "a/../b", "a//b", "trailing/"] {
+            let err = write_layer(&store, vec![file(bad, b"")], &gzip_opts()).unwrap_err();
+            assert!(
+                matches!(err, LayerError::InvalidEntry { .. }),
+                "{bad}: {err}"
+            );
+        }
+        let dangling = with_kind(
+            "l",
+            EntryKind::Hardlink {
+                target: "missing".into(),
+            },
+        );
+        assert!(matches!(
+            write_layer(&store, vec![dangling], &gzip_opts()),
+            Err(LayerError::InvalidEntry { .. })
+        ));
+    }
+}
