@@ -1,0 +1,5 @@
+//! placeholder
+#[derive(Debug, thiserror::Error)]
+#[error("x")]
+pub struct ExpandError;
+pub struct Lexer;
