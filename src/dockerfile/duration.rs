@@ -11,12 +11,16 @@ pub(crate) fn parse_go_duration(text: &str) -> Option<u64> {
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_len);
         if number.is_empty() || number == "." {
             return None;
         }
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
         let (unit, after_unit) = after.split_at(unit_len);
         let nanos_per_unit: u128 = match unit {
             "ns" => 1,
@@ -28,7 +32,11 @@ pub(crate) fn parse_go_duration(text: &str) -> Option<u64> {
             _ => return None,
         };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
         total = total.checked_add(whole.checked_mul(nanos_per_unit)?)?;
         let mut scale = nanos_per_unit;
         for digit in fraction.chars() {

@@ -17,14 +17,24 @@ pub struct DockerfileError {
 
 impl DockerfileError {
     /// An error at `line:column` (1-based) of `text`, which is the file named `file`.
-    pub(crate) fn at(file: &str, text: &str, line: usize, column: usize, message: impl Into<String>) -> Self {
+    pub(crate) fn at(
+        file: &str,
+        text: &str,
+        line: usize,
+        column: usize,
+        message: impl Into<String>,
+    ) -> Self {
         let source_line = if line == 0 {
             String::new()
         } else {
             text.lines().nth(line - 1).unwrap_or_default().to_string()
         };
         DockerfileError {
-            location: Location { file: file.to_string(), line: line.max(1), column: column.max(1) },
+            location: Location {
+                file: file.to_string(),
+                line: line.max(1),
+                column: column.max(1),
+            },
             message: message.into(),
             source_line,
         }

@@ -39,11 +39,17 @@ pub(crate) struct Flags {
 
 impl Flags {
     /// Checks `raw` against `allowed` (name, kind) pairs.
-    pub(crate) fn validate(raw: &[RawFlag<'_>], allowed: &[(&'static str, FlagKind)]) -> Result<Flags, FlagError> {
+    pub(crate) fn validate(
+        raw: &[RawFlag<'_>],
+        allowed: &[(&'static str, FlagKind)],
+    ) -> Result<Flags, FlagError> {
         let mut flags = Flags::default();
         let mut seen: Vec<&str> = Vec::new();
         for flag in raw {
-            let error = |message: String| FlagError { offset: flag.offset, message };
+            let error = |message: String| FlagError {
+                offset: flag.offset,
+                message,
+            };
             let Some(&(name, kind)) = allowed.iter().find(|(name, _)| *name == flag.name) else {
                 return Err(error(format!("unknown flag: {}", flag.name)));
             };
@@ -58,7 +64,9 @@ impl Flags {
                         Some(v) if v.eq_ignore_ascii_case("true") => true,
                         Some(v) if v.eq_ignore_ascii_case("false") => false,
                         Some(v) => {
-                            return Err(error(format!("expecting boolean value for flag {name}, not: {v}")));
+                            return Err(error(format!(
+                                "expecting boolean value for flag {name}, not: {v}"
+                            )));
                         }
                     };
                     flags.bools.insert(name, value);
@@ -70,7 +78,11 @@ impl Flags {
                     if kind == FlagKind::Single {
                         flags.singles.insert(name, value.to_string());
                     } else {
-                        flags.repeated.entry(name).or_default().push(value.to_string());
+                        flags
+                            .repeated
+                            .entry(name)
+                            .or_default()
+                            .push(value.to_string());
                     }
                 }
             }
@@ -95,17 +107,29 @@ impl Flags {
 mod tests {
     use super::*;
 
-    const COPY_LIKE: &[(&str, FlagKind)] =
-        &[("from", FlagKind::Single), ("link", FlagKind::Bool), ("exclude", FlagKind::Repeated)];
+    const COPY_LIKE: &[(&str, FlagKind)] = &[
+        ("from", FlagKind::Single),
+        ("link", FlagKind::Bool),
+        ("exclude", FlagKind::Repeated),
+    ];
 
     fn raw<'a>(name: &'a str, value: Option<&'a str>) -> RawFlag<'a> {
-        RawFlag { name, value, offset: 7 }
+        RawFlag {
+            name,
+            value,
+            offset: 7,
+        }
     }
 
     #[test]
     fn accepts_known_flags() {
         let flags = Flags::validate(
-            &[raw("from", Some("builder")), raw("link", None), raw("exclude", Some("a")), raw("exclude", Some("b"))],
+            &[
+                raw("from", Some("builder")),
+                raw("link", None),
+                raw("exclude", Some("a")),
+                raw("exclude", Some("b")),
+            ],
             COPY_LIKE,
         )
         .unwrap();
@@ -117,16 +141,26 @@ mod tests {
     #[test]
     fn rejects_unknown_flag_with_its_offset() {
         let err = Flags::validate(&[raw("foo", Some("x"))], COPY_LIKE).unwrap_err();
-        assert_eq!(err, FlagError { offset: 7, message: "unknown flag: foo".to_string() });
+        assert_eq!(
+            err,
+            FlagError {
+                offset: 7,
+                message: "unknown flag: foo".to_string()
+            }
+        );
     }
 
     #[test]
     fn rejects_bad_values() {
         let err = Flags::validate(&[raw("link", Some("maybe"))], COPY_LIKE).unwrap_err();
-        assert_eq!(err.message, "expecting boolean value for flag link, not: maybe");
+        assert_eq!(
+            err.message,
+            "expecting boolean value for flag link, not: maybe"
+        );
         let err = Flags::validate(&[raw("from", None)], COPY_LIKE).unwrap_err();
         assert_eq!(err.message, "missing a value on flag: from");
-        let err = Flags::validate(&[raw("from", Some("a")), raw("from", Some("b"))], COPY_LIKE).unwrap_err();
+        let err = Flags::validate(&[raw("from", Some("a")), raw("from", Some("b"))], COPY_LIKE)
+            .unwrap_err();
         assert_eq!(err.message, "duplicate flag specified: from");
     }
 

@@ -1,5 +1,6 @@
 //! Wildcard patterns: Go's `filepath.Match` syntax (`*`, `?`, `[a-z]`, `[^x]`, `\` escapes) where `*` and
-//! `?` never match `/`, and the shell-pattern variant (used by `${VAR#pattern}`) where they match anything.
+//! `?` never match `/`, and the shell-pattern variant (used by `${VAR#pattern}`) where they match anything
+//! and, as in BuildKit, `[` is literal.
 
 /// A pattern that is not valid `filepath.Match` syntax (unclosed `[`, empty class, trailing escape...).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,7 +14,10 @@ enum Token {
     Literal(char),
     AnyChar,
     Star,
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
 }
 
 /// A compiled wildcard pattern.
@@ -27,12 +31,18 @@ pub struct Pattern {
 impl Pattern {
     /// Compiles a Go `filepath.Match` pattern: `*` and `?` stop at `/`.
     pub fn path(pattern: &str) -> Result<Pattern, BadPattern> {
-        Ok(Pattern { tokens: tokenize(pattern)?, crosses_slash: false })
+        Ok(Pattern {
+            tokens: tokenize(pattern, true)?,
+            crosses_slash: false,
+        })
     }
 
-    /// Compiles a shell pattern: `*` and `?` match any character, `/` included.
+    /// Compiles a shell pattern: `*` and `?` match any character, `/` included; `[` is a literal.
     pub fn shell(pattern: &str) -> Result<Pattern, BadPattern> {
-        Ok(Pattern { tokens: tokenize(pattern)?, crosses_slash: true })
+        Ok(Pattern {
+            tokens: tokenize(pattern, false)?,
+            crosses_slash: true,
+        })
     }
 
     /// Whether the pattern matches all of `text`.
@@ -71,7 +81,9 @@ impl Pattern {
             }
             // Mismatch: let the last star swallow one more character, if it may.
             match backtrack {
-                Some((star_t, star_s)) if star_s < text.len() && (self.crosses_slash || text[star_s] != '/') => {
+                Some((star_t, star_s))
+                    if star_s < text.len() && (self.crosses_slash || text[star_s] != '/') =>
+                {
                     backtrack = Some((star_t, star_s + 1));
                     t = star_t + 1;
                     s = star_s + 1;
@@ -101,8 +113,10 @@ pub fn path_match(pattern: &str, name: &str) -> Result<bool, BadPattern> {
     Ok(Pattern::path(pattern)?.matches(name))
 }
 
-fn tokenize(pattern: &str) -> Result<Vec<Token>, BadPattern> {
-    let bad = || BadPattern { pattern: pattern.to_string() };
+fn tokenize(pattern: &str, classes: bool) -> Result<Vec<Token>, BadPattern> {
+    let bad = || BadPattern {
+        pattern: pattern.to_string(),
+    };
     let mut tokens = Vec::new();
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
@@ -114,7 +128,7 @@ fn tokenize(pattern: &str) -> Result<Vec<Token>, BadPattern> {
             }
             '?' => tokens.push(Token::AnyChar),
             '\\' => tokens.push(Token::Literal(chars.next().ok_or_else(bad)?)),
-            '[' => {
+            '[' if classes => {
                 let negated = chars.next_if_eq(&'^').is_some();
                 let mut ranges = Vec::new();
                 loop {
@@ -190,13 +204,19 @@ mod tests {
             ("*x", "xxx", true),
         ];
         for (pattern, name, expected) in cases {
-            assert_eq!(path_match(pattern, name), Ok(*expected), "{pattern} vs {name}");
+            assert_eq!(
+                path_match(pattern, name),
+                Ok(*expected),
+                "{pattern} vs {name}"
+            );
         }
     }
 
     #[test]
     fn bad_patterns_are_errors() {
-        for pattern in ["[]a]", "[-]", "[x-]", "[", "[^", "[^bc", "a[", "a\\", "[a-b-c]", "[z-a]"] {
+        for pattern in [
+            "[]a]", "[-]", "[x-]", "[", "[^", "[^bc", "a[", "a\\", "[a-b-c]", "[z-a]",
+        ] {
             assert!(path_match(pattern, "a").is_err(), "{pattern}");
         }
     }

@@ -29,10 +29,17 @@ impl Dockerfile {
     /// Finds a stage by name (case-insensitive, as Docker) or by its index written as a number.
     pub fn stage(&self, name_or_index: &str) -> Option<&Stage> {
         let lowered = name_or_index.to_ascii_lowercase();
-        if let Some(stage) = self.stages.iter().find(|s| s.name.as_deref() == Some(lowered.as_str())) {
+        if let Some(stage) = self
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lowered.as_str()))
+        {
             return Some(stage);
         }
-        name_or_index.parse::<usize>().ok().and_then(|i| self.stages.get(i))
+        name_or_index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.stages.get(i))
     }
 }
 
@@ -142,7 +149,9 @@ impl RunInstr {
     /// (`RUN <<EOF`), i.e. the script BuildKit runs on its own.
     pub fn sole_heredoc_script(&self) -> Option<&HereDoc> {
         match (&self.command, self.heredocs.as_slice()) {
-            (CommandForm::Shell(line), [doc]) if is_heredoc_word(line.trim(), &doc.name) => Some(doc),
+            (CommandForm::Shell(line), [doc]) if is_heredoc_word(line.trim(), &doc.name) => {
+                Some(doc)
+            }
             _ => None,
         }
     }

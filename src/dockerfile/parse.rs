@@ -43,8 +43,17 @@ const HEALTHCHECK_FLAGS: &[(&str, FlagKind)] = &[
 /// Parses Dockerfile `text`; `file_label` names the file in error locations (e.g. `Dockerfile`).
 pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError> {
     let tree = syntax::parse(text).map_err(|e| syntax_error(text, file_label, &e))?;
-    let escape = tree.parser_directives.escape.as_ref().map_or('\\', |d| d.value.value);
-    let converter = Converter { text, file: file_label, escape, starts: instruction_starts(&tree.instructions) };
+    let escape = tree
+        .parser_directives
+        .escape
+        .as_ref()
+        .map_or('\\', |d| d.value.value);
+    let converter = Converter {
+        text,
+        file: file_label,
+        escape,
+        starts: instruction_starts(&tree.instructions),
+    };
 
     let global_args = tree
         .global_args()
@@ -62,11 +71,21 @@ pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError
             && stages.iter().any(|s: &Stage| s.name.as_ref() == Some(name))
         {
             let at = &stage.location;
-            return Err(DockerfileError::at(file_label, text, at.line, at.column, format!("duplicate stage name {name:?}")));
+            return Err(DockerfileError::at(
+                file_label,
+                text,
+                at.line,
+                at.column,
+                format!("duplicate stage name {name:?}"),
+            ));
         }
         stages.push(stage);
     }
-    Ok(Dockerfile { escape, global_args, stages })
+    Ok(Dockerfile {
+        escape,
+        global_args,
+        stages,
+    })
 }
 
 fn syntax_error(text: &str, file: &str, error: &syntax::Error) -> DockerfileError {
@@ -75,7 +94,9 @@ fn syntax_error(text: &str, file: &str, error: &syntax::Error) -> DockerfileErro
         "expected FROM" => {
             "no build stage in current context: only ARG may come before the first FROM".to_string()
         }
-        "expected at least one FROM instruction" => "the Dockerfile has no FROM instruction".to_string(),
+        "expected at least one FROM instruction" => {
+            "the Dockerfile has no FROM instruction".to_string()
+        }
         _ => message,
     };
     DockerfileError::at(file, text, error.line(), error.column(), message)
@@ -128,16 +149,28 @@ impl Converter<'_> {
 
     fn location(&self, offset: usize) -> Location {
         let (line, column) = line_column(self.text, offset);
-        Location { file: self.file.to_string(), line, column }
+        Location {
+            file: self.file.to_string(),
+            line,
+            column,
+        }
     }
 
     /// The instruction text starting at `start`: up to the next instruction, without trailing blank and
     /// comment lines, with line continuations joined as Docker does (escape + newline removed).
     fn source_text(&self, start: usize) -> String {
-        let end = self.starts.iter().copied().find(|s| *s > start).unwrap_or(self.text.len());
+        let end = self
+            .starts
+            .iter()
+            .copied()
+            .find(|s| *s > start)
+            .unwrap_or(self.text.len());
         let raw = self.text.get(start..end).unwrap_or_default();
         let mut lines: Vec<&str> = raw.lines().collect();
-        while lines.last().is_some_and(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        while lines
+            .last()
+            .is_some_and(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             lines.pop();
         }
         let mut joined = String::new();
@@ -166,18 +199,30 @@ impl Converter<'_> {
         joined.trim_end().to_string()
     }
 
-    fn flags(&self, raw: &[syntax::Flag<'_>], allowed: &[(&'static str, FlagKind)]) -> Result<Flags, DockerfileError> {
+    fn flags(
+        &self,
+        raw: &[syntax::Flag<'_>],
+        allowed: &[(&'static str, FlagKind)],
+    ) -> Result<Flags, DockerfileError> {
         let raw: Vec<RawFlag<'_>> = raw
             .iter()
-            .map(|f| RawFlag { name: &f.name.value, value: f.value.as_ref().map(|v| &*v.value), offset: f.flag_span().start })
+            .map(|f| RawFlag {
+                name: &f.name.value,
+                value: f.value.as_ref().map(|v| &*v.value),
+                offset: f.flag_span().start,
+            })
             .collect();
-        Flags::validate(&raw, allowed).map_err(|FlagError { offset, message }| self.error_at(offset, message))
+        Flags::validate(&raw, allowed)
+            .map_err(|FlagError { offset, message }| self.error_at(offset, message))
     }
 
     fn arg_decls(&self, arg: &syntax::ArgInstruction<'_>) -> Result<Vec<ArgDecl>, DockerfileError> {
         let decls = split_arg_decls(&arg.arguments.value, self.escape)
             .map_err(|e| self.error_at(arg.arg.span.start, e.to_string()))?;
-        Ok(decls.into_iter().map(|(name, default)| ArgDecl { name, default }).collect())
+        Ok(decls
+            .into_iter()
+            .map(|(name, default)| ArgDecl { name, default })
+            .collect())
     }
 
     fn stage(&self, index: usize, stage: &syntax::Stage<'_, '_>) -> Result<Stage, DockerfileError> {
@@ -218,7 +263,10 @@ impl Converter<'_> {
         })
     }
 
-    fn instruction(&self, instruction: &syntax::Instruction<'_>) -> Result<Instruction, DockerfileError> {
+    fn instruction(
+        &self,
+        instruction: &syntax::Instruction<'_>,
+    ) -> Result<Instruction, DockerfileError> {
         use syntax::Instruction as I;
         let start = keyword_span(instruction).start;
         Ok(match instruction {
@@ -234,7 +282,8 @@ impl Converter<'_> {
                 Instruction::Add(copy_instr(sources, &add.dest.value, &flags))
             }
             I::Env(env) => Instruction::Env(
-                split_name_values(&env.arguments.value, self.escape, "ENV").map_err(|e| self.error_at(start, e.to_string()))?,
+                split_name_values(&env.arguments.value, self.escape, "ENV")
+                    .map_err(|e| self.error_at(start, e.to_string()))?,
             ),
             I::Label(label) => Instruction::Label(
                 split_name_values(&label.arguments.value, self.escape, "LABEL")
@@ -245,19 +294,32 @@ impl Converter<'_> {
             I::User(u) => Instruction::User(u.arguments.value.to_string()),
             I::Stopsignal(s) => Instruction::Stopsignal(s.arguments.value.to_string()),
             I::Maintainer(m) => Instruction::Maintainer(m.name.value.to_string()),
-            I::Expose(e) => Instruction::Expose(e.arguments.iter().map(|a| a.value.to_string()).collect()),
+            I::Expose(e) => {
+                Instruction::Expose(e.arguments.iter().map(|a| a.value.to_string()).collect())
+            }
             I::Volume(v) => Instruction::Volume(match &v.arguments {
-                syntax::JsonOrStringArray::Json(list) => list.value.iter().map(|a| a.value.to_string()).collect(),
-                syntax::JsonOrStringArray::String(list) => list.iter().map(|a| a.value.to_string()).collect(),
+                syntax::JsonOrStringArray::Json(list) => {
+                    list.value.iter().map(|a| a.value.to_string()).collect()
+                }
+                syntax::JsonOrStringArray::String(list) => {
+                    list.iter().map(|a| a.value.to_string()).collect()
+                }
             }),
             I::Cmd(c) => Instruction::Cmd(command_form(&c.arguments)),
             I::Entrypoint(e) => Instruction::Entrypoint(command_form(&e.arguments)),
-            I::Shell(s) => Instruction::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect()),
+            I::Shell(s) => {
+                Instruction::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect())
+            }
             I::Healthcheck(h) => Instruction::Healthcheck(self.healthcheck(h)?),
             I::Onbuild(o) => {
                 let text = self.source_text(start);
                 let keyword_len = o.onbuild.span.len();
-                Instruction::Onbuild(text.get(keyword_len..).unwrap_or_default().trim().to_string())
+                Instruction::Onbuild(
+                    text.get(keyword_len..)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                )
             }
             I::From(_) => return Err(self.error_at(start, "unexpected FROM inside a stage")),
             _ => return Err(self.error_at(start, "unsupported instruction")),
@@ -272,7 +334,10 @@ impl Converter<'_> {
             // The crate puts only the text after the delimiter in `arguments`; rebuild the whole first line.
             let after_keyword = run.run.span.end;
             let first_body_start = run.here_docs[0].span.start;
-            let head = self.text.get(after_keyword..first_body_start).unwrap_or_default();
+            let head = self
+                .text
+                .get(after_keyword..first_body_start)
+                .unwrap_or_default();
             let line = head.find("<<").map_or(head, |i| &head[i..]).trim_end();
             let heredocs = self.name_heredocs(line, run.here_docs.iter());
             (CommandForm::Shell(line.to_string()), heredocs)
@@ -286,7 +351,11 @@ impl Converter<'_> {
         })
     }
 
-    fn copy_sources(&self, keyword: &syntax::Keyword, sources: &[syntax::Source<'_>]) -> Vec<CopySource> {
+    fn copy_sources(
+        &self,
+        keyword: &syntax::Keyword,
+        sources: &[syntax::Source<'_>],
+    ) -> Vec<CopySource> {
         let docs: Vec<&syntax::HereDoc<'_>> = sources
             .iter()
             .filter_map(|s| match s {
@@ -296,7 +365,10 @@ impl Converter<'_> {
             .collect();
         let mut named = match docs.first() {
             Some(first) => {
-                let head = self.text.get(keyword.span.end..first.span.start).unwrap_or_default();
+                let head = self
+                    .text
+                    .get(keyword.span.end..first.span.start)
+                    .unwrap_or_default();
                 self.name_heredocs(head, docs.iter().copied()).into_iter()
             }
             None => Vec::new().into_iter(),
@@ -312,42 +384,70 @@ impl Converter<'_> {
     }
 
     /// Pairs here-doc bodies with the `<<NAME` words of the instruction line `head`, in order.
-    fn name_heredocs<'d>(&self, head: &str, docs: impl Iterator<Item = &'d syntax::HereDoc<'d>>) -> Vec<HereDoc> {
+    fn name_heredocs<'d>(
+        &self,
+        head: &str,
+        docs: impl Iterator<Item = &'d syntax::HereDoc<'d>>,
+    ) -> Vec<HereDoc> {
         let mut words = head.split_whitespace().filter_map(heredoc_word);
         docs.map(|doc| {
             let (name, strip_tabs) = words.next().unwrap_or_default();
-            HereDoc { name, content: doc.value.to_string(), expand: doc.expand, strip_tabs }
+            HereDoc {
+                name,
+                content: doc.value.to_string(),
+                expand: doc.expand,
+                strip_tabs,
+            }
         })
         .collect()
     }
 
-    fn healthcheck(&self, h: &syntax::HealthcheckInstruction<'_>) -> Result<Healthcheck, DockerfileError> {
+    fn healthcheck(
+        &self,
+        h: &syntax::HealthcheckInstruction<'_>,
+    ) -> Result<Healthcheck, DockerfileError> {
         let flags = self.flags(&h.options, HEALTHCHECK_FLAGS)?;
         let flag_offset = |name: &str| {
-            h.options.iter().find(|f| f.name.value == name).map_or(h.healthcheck.span.start, |f| f.flag_span().start)
+            h.options
+                .iter()
+                .find(|f| f.name.value == name)
+                .map_or(h.healthcheck.span.start, |f| f.flag_span().start)
         };
         match &h.arguments {
             syntax::HealthcheckArguments::None { .. } => {
                 if let Some(first) = h.options.first() {
-                    return Err(self.error_at(first.flag_span().start, "HEALTHCHECK NONE takes no options"));
+                    return Err(
+                        self.error_at(first.flag_span().start, "HEALTHCHECK NONE takes no options")
+                    );
                 }
                 Ok(Healthcheck::None)
             }
             syntax::HealthcheckArguments::Cmd { arguments, .. } => {
                 let duration = |name: &str| -> Result<Option<u64>, DockerfileError> {
-                    let Some(value) = flags.single(name) else { return Ok(None) };
+                    let Some(value) = flags.single(name) else {
+                        return Ok(None);
+                    };
                     let nanos = parse_go_duration(&value).ok_or_else(|| {
-                        self.error_at(flag_offset(name), format!("invalid duration {value:?} for --{name}"))
+                        self.error_at(
+                            flag_offset(name),
+                            format!("invalid duration {value:?} for --{name}"),
+                        )
                     })?;
                     if nanos != 0 && nanos < 1_000_000 {
-                        return Err(self.error_at(flag_offset(name), format!("Interval {name} cannot be less than 1ms")));
+                        return Err(self.error_at(
+                            flag_offset(name),
+                            format!("Interval {name} cannot be less than 1ms"),
+                        ));
                     }
                     Ok(Some(nanos))
                 };
                 let retries = match flags.single("retries") {
                     None => None,
                     Some(value) => Some(value.parse::<u32>().map_err(|_| {
-                        self.error_at(flag_offset("retries"), format!("--retries must be a non-negative integer, not {value:?}"))
+                        self.error_at(
+                            flag_offset("retries"),
+                            format!("--retries must be a non-negative integer, not {value:?}"),
+                        )
                     })?),
                 };
                 Ok(Healthcheck::Cmd {
@@ -371,13 +471,18 @@ fn heredoc_word(word: &str) -> Option<(String, bool)> {
         Some(r) => (r, true),
         None => (rest, false),
     };
-    let name: String = rest.chars().filter(|c| !matches!(c, '"' | '\'' | '\\')).collect();
+    let name: String = rest
+        .chars()
+        .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+        .collect();
     (!name.is_empty()).then_some((name, strip_tabs))
 }
 
 fn command_form(command: &syntax::Command<'_>) -> CommandForm {
     match command {
-        syntax::Command::Exec(list) => CommandForm::Exec(list.value.iter().map(|a| a.value.to_string()).collect()),
+        syntax::Command::Exec(list) => {
+            CommandForm::Exec(list.value.iter().map(|a| a.value.to_string()).collect())
+        }
         syntax::Command::Shell(text) => CommandForm::Shell(text.value.to_string()),
         _ => CommandForm::Shell(String::new()),
     }
@@ -403,5 +508,6 @@ fn copy_instr(sources: Vec<CopySource>, dest: &str, flags: &Flags) -> CopyInstr 
 fn is_valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }

@@ -23,19 +23,34 @@ fn err(text: &str) -> DockerfileError {
 
 #[test]
 fn stages_names_and_global_args() {
-    let d = parse_ok("ARG BASE=busybox\nARG TAG\nFROM ${BASE}:latest AS Builder\nRUN true\nFROM --platform=linux/amd64 builder\n");
+    let d = parse_ok(
+        "ARG BASE=busybox\nARG TAG\nFROM ${BASE}:latest AS Builder\nRUN true\nFROM --platform=linux/amd64 builder\n",
+    );
     assert_eq!(d.escape, '\\');
     assert_eq!(
         d.global_args,
         vec![
-            ArgDecl { name: "BASE".into(), default: Some("busybox".into()) },
-            ArgDecl { name: "TAG".into(), default: None }
+            ArgDecl {
+                name: "BASE".into(),
+                default: Some("busybox".into())
+            },
+            ArgDecl {
+                name: "TAG".into(),
+                default: None
+            }
         ]
     );
     assert_eq!(d.stages.len(), 2);
     assert_eq!(d.stages[0].name.as_deref(), Some("builder"));
     assert_eq!(d.stages[0].base, "${BASE}:latest");
-    assert_eq!(d.stages[0].location, Location { file: "Dockerfile".into(), line: 3, column: 1 });
+    assert_eq!(
+        d.stages[0].location,
+        Location {
+            file: "Dockerfile".into(),
+            line: 3,
+            column: 1
+        }
+    );
     assert_eq!(d.stages[1].index, 1);
     assert_eq!(d.stages[1].platform.as_deref(), Some("linux/amd64"));
     assert_eq!(d.stages[1].base, "builder");
@@ -62,38 +77,66 @@ fn run_shell_exec_and_flags() {
         panic!("not RUN")
     };
     assert_eq!(run.command, CommandForm::Shell("make all".into()));
-    assert_eq!(run.mounts, vec!["type=cache,target=/c", "type=tmpfs,target=/t"]);
+    assert_eq!(
+        run.mounts,
+        vec!["type=cache,target=/c", "type=tmpfs,target=/t"]
+    );
     assert_eq!(run.network.as_deref(), Some("none"));
     assert_eq!(run.security.as_deref(), Some("sandbox"));
-    let Instruction::Run(run) = only_instruction("FROM scratch\nRUN [\"/bin/echo\", \"hi there\"]\n") else {
+    let Instruction::Run(run) =
+        only_instruction("FROM scratch\nRUN [\"/bin/echo\", \"hi there\"]\n")
+    else {
         panic!("not RUN")
     };
-    assert_eq!(run.command, CommandForm::Exec(vec!["/bin/echo".into(), "hi there".into()]));
+    assert_eq!(
+        run.command,
+        CommandForm::Exec(vec!["/bin/echo".into(), "hi there".into()])
+    );
 }
 
 #[test]
 fn run_heredoc_keeps_line_and_body() {
-    let Instruction::Run(run) = only_instruction("FROM scratch\nRUN <<EOF\necho one\necho two\nEOF\n") else {
+    let Instruction::Run(run) =
+        only_instruction("FROM scratch\nRUN <<EOF\necho one\necho two\nEOF\n")
+    else {
         panic!("not RUN")
     };
     assert_eq!(run.command, CommandForm::Shell("<<EOF".into()));
     assert_eq!(
         run.heredocs,
-        vec![HereDoc { name: "EOF".into(), content: "echo one\necho two\n".into(), expand: true, strip_tabs: false }]
+        vec![HereDoc {
+            name: "EOF".into(),
+            content: "echo one\necho two\n".into(),
+            expand: true,
+            strip_tabs: false
+        }]
     );
-    assert_eq!(run.sole_heredoc_script().map(|d| d.content.as_str()), Some("echo one\necho two\n"));
-    assert_eq!(run.shell_script().as_deref(), Some("<<EOF\necho one\necho two\nEOF"));
+    assert_eq!(
+        run.sole_heredoc_script().map(|d| d.content.as_str()),
+        Some("echo one\necho two\n")
+    );
+    assert_eq!(
+        run.shell_script().as_deref(),
+        Some("<<EOF\necho one\necho two\nEOF")
+    );
 }
 
 #[test]
 fn run_heredoc_quoted_and_tab_stripped() {
-    let Instruction::Run(run) = only_instruction("FROM scratch\nRUN <<-\"END\" sh\n\techo $HOME\nEND\n") else {
+    let Instruction::Run(run) =
+        only_instruction("FROM scratch\nRUN <<-\"END\" sh\n\techo $HOME\nEND\n")
+    else {
         panic!("not RUN")
     };
     assert_eq!(run.command, CommandForm::Shell("<<-\"END\" sh".into()));
     assert_eq!(
         run.heredocs,
-        vec![HereDoc { name: "END".into(), content: "echo $HOME\n".into(), expand: false, strip_tabs: true }]
+        vec![HereDoc {
+            name: "END".into(),
+            content: "echo $HOME\n".into(),
+            expand: false,
+            strip_tabs: true
+        }]
     );
     assert!(run.sole_heredoc_script().is_none());
 }
@@ -105,7 +148,10 @@ fn copy_flags_and_sources() {
     ) else {
         panic!("not COPY")
     };
-    assert_eq!(copy.sources, vec![CopySource::Path("a".into()), CopySource::Path("b*".into())]);
+    assert_eq!(
+        copy.sources,
+        vec![CopySource::Path("a".into()), CopySource::Path("b*".into())]
+    );
     assert_eq!(copy.dest, "/dst/");
     assert_eq!(copy.from.as_deref(), Some("build"));
     assert_eq!(copy.chown.as_deref(), Some("1:2"));
@@ -117,7 +163,8 @@ fn copy_flags_and_sources() {
 
 #[test]
 fn copy_json_form() {
-    let Instruction::Copy(copy) = only_instruction("FROM scratch\nCOPY [\"a b\", \"/d e/\"]\n") else {
+    let Instruction::Copy(copy) = only_instruction("FROM scratch\nCOPY [\"a b\", \"/d e/\"]\n")
+    else {
         panic!("not COPY")
     };
     assert_eq!(copy.sources, vec![CopySource::Path("a b".into())]);
@@ -126,16 +173,26 @@ fn copy_json_form() {
 
 #[test]
 fn copy_heredocs_are_named_after_their_delimiters() {
-    let Instruction::Copy(copy) =
-        only_instruction("FROM scratch\nCOPY <<one.txt <<'two.txt' /dst/\nfirst $X\none.txt\nsecond\ntwo.txt\n")
-    else {
+    let Instruction::Copy(copy) = only_instruction(
+        "FROM scratch\nCOPY <<one.txt <<'two.txt' /dst/\nfirst $X\none.txt\nsecond\ntwo.txt\n",
+    ) else {
         panic!("not COPY")
     };
     assert_eq!(
         copy.sources,
         vec![
-            CopySource::HereDoc(HereDoc { name: "one.txt".into(), content: "first $X\n".into(), expand: true, strip_tabs: false }),
-            CopySource::HereDoc(HereDoc { name: "two.txt".into(), content: "second\n".into(), expand: false, strip_tabs: false }),
+            CopySource::HereDoc(HereDoc {
+                name: "one.txt".into(),
+                content: "first $X\n".into(),
+                expand: true,
+                strip_tabs: false
+            }),
+            CopySource::HereDoc(HereDoc {
+                name: "two.txt".into(),
+                content: "second\n".into(),
+                expand: false,
+                strip_tabs: false
+            }),
         ]
     );
 }
@@ -157,7 +214,11 @@ fn add_flags() {
 fn env_label_arg_pairs_stay_unexpanded() {
     assert_eq!(
         only_instruction("FROM scratch\nENV A=1 B=\"two words\" C=$A\n"),
-        Instruction::Env(vec![("A".into(), "1".into()), ("B".into(), "\"two words\"".into()), ("C".into(), "$A".into())])
+        Instruction::Env(vec![
+            ("A".into(), "1".into()),
+            ("B".into(), "\"two words\"".into()),
+            ("C".into(), "$A".into())
+        ])
     );
     assert_eq!(
         only_instruction("FROM scratch\nENV PATH /usr/bin:$PATH\n"),
@@ -173,18 +234,36 @@ fn env_label_arg_pairs_stay_unexpanded() {
     assert_eq!(
         only_instruction("FROM scratch\nARG user=someuser other\n"),
         Instruction::Arg(vec![
-            ArgDecl { name: "user".into(), default: Some("someuser".into()) },
-            ArgDecl { name: "other".into(), default: None }
+            ArgDecl {
+                name: "user".into(),
+                default: Some("someuser".into())
+            },
+            ArgDecl {
+                name: "other".into(),
+                default: None
+            }
         ])
     );
 }
 
 #[test]
 fn simple_instructions() {
-    assert_eq!(only_instruction("FROM scratch\nWORKDIR /app/$X\n"), Instruction::Workdir("/app/$X".into()));
-    assert_eq!(only_instruction("FROM scratch\nUSER 1000:1000\n"), Instruction::User("1000:1000".into()));
-    assert_eq!(only_instruction("FROM scratch\nSTOPSIGNAL SIGTERM\n"), Instruction::Stopsignal("SIGTERM".into()));
-    assert_eq!(only_instruction("FROM scratch\nMAINTAINER Jo <jo@x>\n"), Instruction::Maintainer("Jo <jo@x>".into()));
+    assert_eq!(
+        only_instruction("FROM scratch\nWORKDIR /app/$X\n"),
+        Instruction::Workdir("/app/$X".into())
+    );
+    assert_eq!(
+        only_instruction("FROM scratch\nUSER 1000:1000\n"),
+        Instruction::User("1000:1000".into())
+    );
+    assert_eq!(
+        only_instruction("FROM scratch\nSTOPSIGNAL SIGTERM\n"),
+        Instruction::Stopsignal("SIGTERM".into())
+    );
+    assert_eq!(
+        only_instruction("FROM scratch\nMAINTAINER Jo <jo@x>\n"),
+        Instruction::Maintainer("Jo <jo@x>".into())
+    );
     assert_eq!(
         only_instruction("FROM scratch\nEXPOSE 80/tcp 53/udp\n"),
         Instruction::Expose(vec!["80/tcp".into(), "53/udp".into()])
@@ -193,7 +272,10 @@ fn simple_instructions() {
         only_instruction("FROM scratch\nVOLUME [\"/a\", \"/b\"]\n"),
         Instruction::Volume(vec!["/a".into(), "/b".into()])
     );
-    assert_eq!(only_instruction("FROM scratch\nVOLUME /a /b\n"), Instruction::Volume(vec!["/a".into(), "/b".into()]));
+    assert_eq!(
+        only_instruction("FROM scratch\nVOLUME /a /b\n"),
+        Instruction::Volume(vec!["/a".into(), "/b".into()])
+    );
     assert_eq!(
         only_instruction("FROM scratch\nSHELL [\"/bin/bash\", \"-c\"]\n"),
         Instruction::Shell(vec!["/bin/bash".into(), "-c".into()])
@@ -214,7 +296,10 @@ fn simple_instructions() {
 
 #[test]
 fn healthcheck_options() {
-    assert_eq!(only_instruction("FROM scratch\nHEALTHCHECK NONE\n"), Instruction::Healthcheck(Healthcheck::None));
+    assert_eq!(
+        only_instruction("FROM scratch\nHEALTHCHECK NONE\n"),
+        Instruction::Healthcheck(Healthcheck::None)
+    );
     assert_eq!(
         only_instruction(
             "FROM scratch\nHEALTHCHECK --interval=5m --timeout=3s --start-period=1.5s --start-interval=100ms --retries=3 CMD curl -f http://localhost/\n"
@@ -240,7 +325,14 @@ fn escape_directive_backtick() {
 #[test]
 fn unknown_instruction_error_names_location_and_line() {
     let e = err("FROM scratch\nRUN true\nFORM x\n");
-    assert_eq!(e.location, Location { file: "Dockerfile".into(), line: 3, column: 1 });
+    assert_eq!(
+        e.location,
+        Location {
+            file: "Dockerfile".into(),
+            line: 3,
+            column: 1
+        }
+    );
     assert!(e.message.contains("FORM"), "{}", e.message);
     assert_eq!(e.source_line, "FORM x");
     assert!(e.to_string().starts_with("Dockerfile:3:1: "), "{e}");
@@ -260,14 +352,32 @@ fn unknown_flag_is_an_error_at_the_flag() {
 
 #[test]
 fn bad_flag_values_are_errors() {
-    assert_eq!(err("FROM scratch\nCOPY --link=yes a /b\n").message, "expecting boolean value for flag link, not: yes");
-    assert_eq!(err("FROM scratch\nCOPY --from a /b\n").message, "missing a value on flag: from");
+    assert_eq!(
+        err("FROM scratch\nCOPY --link=yes a /b\n").message,
+        "expecting boolean value for flag link, not: yes"
+    );
+    assert_eq!(
+        err("FROM scratch\nCOPY --from a /b\n").message,
+        "missing a value on flag: from"
+    );
     let e = err("FROM scratch\nHEALTHCHECK --interval=soon CMD true\n");
     assert_eq!((e.location.line, e.location.column), (2, 13));
     assert!(e.message.contains("--interval"), "{}", e.message);
-    assert!(err("FROM scratch\nHEALTHCHECK --retries=-1 CMD true\n").message.contains("retries"));
-    assert!(err("FROM scratch\nHEALTHCHECK --interval=1us CMD true\n").message.contains("1ms"));
-    assert!(err("FROM scratch\nHEALTHCHECK --retries=1 NONE\n").message.contains("NONE"));
+    assert!(
+        err("FROM scratch\nHEALTHCHECK --retries=-1 CMD true\n")
+            .message
+            .contains("retries")
+    );
+    assert!(
+        err("FROM scratch\nHEALTHCHECK --interval=1us CMD true\n")
+            .message
+            .contains("1ms")
+    );
+    assert!(
+        err("FROM scratch\nHEALTHCHECK --retries=1 NONE\n")
+            .message
+            .contains("NONE")
+    );
 }
 
 #[test]
@@ -289,10 +399,22 @@ fn bad_env_and_stage_names_are_errors() {
     let e = err("FROM scratch\nENV ONLYKEY\n");
     assert_eq!(e.location.line, 2);
     assert_eq!(e.message, "ENV must have two arguments");
-    assert!(err("FROM scratch\nLABEL a=1 b\n").message.contains("can't find ="));
+    assert!(
+        err("FROM scratch\nLABEL a=1 b\n")
+            .message
+            .contains("can't find =")
+    );
     let e = err("FROM scratch AS 1st\n");
-    assert!(e.message.contains("invalid name for build stage"), "{}", e.message);
-    assert!(err("FROM scratch AS a\nFROM scratch AS A\n").message.contains("duplicate"));
+    assert!(
+        e.message.contains("invalid name for build stage"),
+        "{}",
+        e.message
+    );
+    assert!(
+        err("FROM scratch AS a\nFROM scratch AS A\n")
+            .message
+            .contains("duplicate")
+    );
 }
 
 #[test]

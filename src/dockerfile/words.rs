@@ -100,7 +100,10 @@ pub(crate) fn split_name_values(
 }
 
 /// Splits `ARG` arguments: each word is `name` or `name=default`.
-pub(crate) fn split_arg_decls(rest: &str, escape: char) -> Result<Vec<(String, Option<String>)>, NameValueError> {
+pub(crate) fn split_arg_decls(
+    rest: &str,
+    escape: char,
+) -> Result<Vec<(String, Option<String>)>, NameValueError> {
     let words = split_words(rest, escape);
     if words.is_empty() {
         return Err(NameValueError::MissingValue("ARG"));
@@ -121,7 +124,10 @@ mod tests {
 
     #[test]
     fn words_split_on_unquoted_whitespace_and_keep_quotes() {
-        assert_eq!(split_words(r#"a=1 b="x y"  c='p q'"#, '\\'), vec!["a=1", r#"b="x y""#, "c='p q'"]);
+        assert_eq!(
+            split_words(r#"a=1 b="x y"  c='p q'"#, '\\'),
+            vec!["a=1", r#"b="x y""#, "c='p q'"]
+        );
     }
 
     #[test]
@@ -151,17 +157,26 @@ mod tests {
     #[test]
     fn name_values_legacy_form_takes_rest_of_line() {
         let pairs = split_name_values("MY_VAR  some value  here", '\\', "ENV").unwrap();
-        assert_eq!(pairs, vec![("MY_VAR".to_string(), "some value  here".to_string())]);
+        assert_eq!(
+            pairs,
+            vec![("MY_VAR".to_string(), "some value  here".to_string())]
+        );
     }
 
     #[test]
     fn name_values_errors() {
-        assert_eq!(split_name_values("ONLYKEY", '\\', "ENV"), Err(NameValueError::MissingValue("ENV")));
+        assert_eq!(
+            split_name_values("ONLYKEY", '\\', "ENV"),
+            Err(NameValueError::MissingValue("ENV"))
+        );
         assert_eq!(
             split_name_values("a=1 b", '\\', "LABEL"),
             Err(NameValueError::MissingEquals("b".to_string()))
         );
-        assert_eq!(split_name_values("=1", '\\', "ENV"), Err(NameValueError::BlankName("ENV")));
+        assert_eq!(
+            split_name_values("=1", '\\', "ENV"),
+            Err(NameValueError::BlankName("ENV"))
+        );
     }
 
     #[test]
