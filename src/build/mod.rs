@@ -130,6 +130,8 @@ pub enum BuildError {
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
+    #[error("snapshots: {0}")]
+    Snapshot(String),
 }
 
 impl BuildError {

@@ -46,7 +46,9 @@ impl RootfsManager {
                 source,
             })?;
         Ok(RootfsManager {
-            snapshots: Snapshots::new(store.root().join("snapshots")),
+            snapshots: Snapshots::open(&store.root().join("snapshots")).map_err(|e| {
+                BuildError::Snapshot(e.to_string())
+            })?,
             scratch,
         })
     }
@@ -90,7 +92,7 @@ impl RootfsManager {
             let digest = layer.digest.clone();
             let dir = self
                 .snapshots
-                .ensure(&chain_id, parent.as_ref(), |dest: &Path| {
+                .ensure(&chain_id, parent.as_ref(), |dest: &Path| -> Result<(), String> {
                     let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
                     layer::unpack(std::io::BufReader::new(blob), dest, UnpackMode::Overlay)
                         .map(|_| ())

@@ -12,7 +12,7 @@ use super::rootfs::{self, Rootfs};
 use super::{BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_time, users};
 use crate::dockerfile::{
     self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction,
-    Lexer, Located,
+    Lexer, Located, Location,
 };
 use crate::image::{self, ContainerConfig, History, HealthConfig, ImageConfig};
 use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
@@ -198,7 +198,7 @@ impl<'a> Executor<'a> {
         // ONBUILD triggers of the base run first, then are cleared from the new image.
         let triggers = state.image.config.config.on_build.take().unwrap_or_default();
         for trigger in triggers {
-            let parsed = dockerfile::parse_trigger(&trigger, &stage.location)?;
+            let parsed = parse_trigger(&trigger, &stage.location)?;
             let text = format!("ONBUILD {trigger}");
             self.progress.event(BuildEvent::Step {
                 stage: &stage_name,
@@ -265,7 +265,7 @@ impl<'a> Executor<'a> {
                 }
                 let runtime = self.runtime.as_ref().ok_or("no async runtime")?;
                 let options = crate::client::PullOptions {
-                    platform: self.platform.to_string(),
+                    platform: crate::client::Platform::parse(&self.platform.to_string()).ok(),
                     ..Default::default()
                 };
                 let pulled = runtime
@@ -273,7 +273,7 @@ impl<'a> Executor<'a> {
                         self.store,
                         reference,
                         &options,
-                        &crate::client::NoPullProgress,
+                        &crate::client::NoProgress,
                     ))
                     .map_err(|e| e.to_string())?;
                 pulled.manifest_digest
@@ -549,7 +549,7 @@ impl<'a> Executor<'a> {
         state: &StageState,
         path: &str,
     ) -> Result<Option<LayerInfo>, String> {
-        let rootfs = self.rootfs.mount(&state.image.layers)?;
+        let rootfs = self.rootfs.mount(self.store, &state.image.layers)?;
         let missing = rootfs::missing_dirs(rootfs.path(), path);
         drop(rootfs);
         if missing.is_empty() {
@@ -608,7 +608,7 @@ impl<'a> Executor<'a> {
             .transpose()?;
 
         // The target rootfs answers which parent dirs exist and resolves --chown names.
-        let target = self.rootfs.mount(&state.image.layers)?;
+        let target = self.rootfs.mount(self.store, &state.image.layers)?;
         let owner = match &copy.chown {
             Some(spec) => {
                 let spec = self.expand(state, spec)?;
@@ -633,7 +633,7 @@ impl<'a> Executor<'a> {
             Some(CopyFrom::Image(reference)) => Some(self.image(reference)?),
         };
         let source_mount: Option<Rootfs> = match &source_image {
-            Some(image) => Some(self.rootfs.mount(&image.layers)?),
+            Some(image) => Some(self.rootfs.mount(self.store, &image.layers)?),
             None => None,
         };
         let (source_root, ignore): (&Path, Option<&IgnoreMatcher>) = match &source_mount {
@@ -683,6 +683,20 @@ impl<'a> Executor<'a> {
             .process_heredoc(content, &lookup)
             .map_err(|e| e.to_string())
     }
+}
+
+/// Parses an ONBUILD trigger (one instruction) as if it stood at `location`.
+fn parse_trigger(trigger: &str, location: &Location) -> Result<Located, BuildError> {
+    let text = format!("FROM scratch\n{trigger}\n");
+    let parsed = dockerfile::parse(&text, &format!("{} (ONBUILD trigger)", location.file))?;
+    let mut located = parsed
+        .stages
+        .into_iter()
+        .next()
+        .and_then(|stage| stage.instructions.into_iter().next())
+        .ok_or_else(|| BuildError::step(location, trigger, "empty ONBUILD trigger"))?;
+    located.location = location.clone();
+    Ok(located)
 }
 
 /// Expands an EXPOSE word into `port/proto` keys (ranges become each port).

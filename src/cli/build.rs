@@ -158,7 +158,7 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", output.dest.display()))?;
     }
     if let Some(path) = &args.iidfile {
-        crate::store::write_file_atomic(path, outcome.manifest_digest.to_string().as_bytes())
+        write_file_atomic(path, outcome.manifest_digest.to_string().as_bytes())
             .with_context(|| format!("cannot write --iidfile {}", path.display()))?;
     }
     if mode != ProgressMode::Quiet {
@@ -167,5 +167,19 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
         }
     }
     println!("{}", outcome.manifest_digest);
+    Ok(())
+}
+
+/// Writes a small output file atomically (temp file next to it, fsync, rename).
+fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

@@ -209,10 +209,11 @@ pub fn pull(store: &Store, args: PullArgs) -> anyhow::Result<()> {
     let reference = Reference::parse(&args.image)
         .with_context(|| format!("invalid image name {:?}", args.image))?
         .with_default_tag();
-    let platform = match &args.platform {
-        Some(p) => p.clone(),
-        None => crate::build::Platform::host().to_string(),
-    };
+    let platform = args
+        .platform
+        .as_deref()
+        .map(crate::client::Platform::parse)
+        .transpose()?;
     let options = crate::client::PullOptions {
         platform,
         ..Default::default()
@@ -223,7 +224,7 @@ pub fn pull(store: &Store, args: PullArgs) -> anyhow::Result<()> {
             store,
             &reference,
             &options,
-            &crate::client::NoPullProgress,
+            &crate::client::NoProgress,
         ))
         .with_context(|| format!("cannot pull {}", reference.familiar()))?;
     if !args.quiet {
