@@ -10,7 +10,7 @@
 pub mod archive;
 pub mod entry;
 pub mod pgzip;
-mod tar_header;
+pub(crate) mod tar_header;
 pub mod unpack;
 pub mod write;
 
