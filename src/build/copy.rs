@@ -40,7 +40,8 @@ pub(crate) struct CopyJob<'a> {
     /// mtime for directories and files the build creates (not copied from anywhere).
     pub created_mtime: u64,
     pub store: &'a Store,
-    pub runtime: &'a mut Option<tokio::runtime::Runtime>,
+    /// For downloading ADD URLs (present whenever a source is a URL).
+    pub runtime: Option<&'a tokio::runtime::Runtime>,
 }
 
 /// Whether an ADD source is a remote URL.
@@ -300,12 +301,9 @@ fn download(
         .checksum
         .map(|c| Digest::parse(c).map_err(|e| format!("invalid --checksum: {e}")))
         .transpose()?;
-    let runtime = match job.runtime {
-        Some(runtime) => runtime,
-        None => {
-            return Err("internal error: no async runtime for ADD URL".to_string());
-        }
-    };
+    let runtime = job
+        .runtime
+        .ok_or_else(|| "internal error: no async runtime for ADD URL".to_string())?;
     let file_path = scratch.join(format!("download-{}", Digest::sha256_of(url.as_bytes()).short()));
     let (digest, size, mtime) = runtime.block_on(fetch_url(
         url,

@@ -5,6 +5,7 @@
 //! global ARGs; `stage` runs one stage's instructions; `copy` turns COPY/ADD into layer entries.
 pub mod chmod;
 mod copy;
+mod heredoc;
 mod plan;
 pub mod platform;
 mod rootfs;
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 
 use crate::digest::Digest;
 use crate::dockerfile::{self, Location};
+use crate::image::Descriptor;
 use crate::layer::Compression;
 use crate::reference::Reference;
 use crate::store::{RefEntry, Store};
@@ -146,12 +148,13 @@ impl BuildError {
     }
 }
 
-/// The time to write into `created` fields: SOURCE_DATE_EPOCH when set, else now.
-pub(crate) fn build_time(opts: &BuildOptions) -> SystemTime {
-    match opts.source_date_epoch {
-        Some(epoch) => SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(epoch),
-        None => SystemTime::now(),
-    }
+/// The time to write into `created` fields, in seconds: SOURCE_DATE_EPOCH when set, else now.
+pub(crate) fn build_epoch_seconds(opts: &BuildOptions) -> u64 {
+    opts.source_date_epoch.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
 }
 
 /// Builds the image described by `opts` into `store`, tags it, and returns its digests.
@@ -196,33 +199,36 @@ pub fn build(
 
     let mut config = image.config;
     for (key, value) in &opts.labels {
-        config
-            .config
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(key.clone(), value.clone());
+        config.config.labels.insert(key.clone(), value.clone());
     }
-    let written = crate::image::write_image(store, &config, &image.layers)?;
+    config.created = Some(crate::image::rfc3339(build_epoch_seconds(opts)));
+    let layers: Vec<Descriptor> = image
+        .layers
+        .iter()
+        .map(|l| Descriptor::new(l.media_type.clone(), l.digest.clone(), l.size))
+        .collect();
+    let written = crate::image::write_image(store, &config, &layers)?;
+    let config_digest = Digest::sha256_of(&config.to_json());
     let tags = opts.tags.clone();
     for tag in &tags {
         store.set_ref(RefEntry {
             name: Some(tag.to_string()),
-            manifest_digest: written.manifest_digest.clone(),
+            manifest_digest: written.digest.clone(),
             media_type: written.media_type.clone(),
-            size: written.manifest_size,
+            size: written.size,
         })?;
     }
     if tags.is_empty() {
         store.set_ref(RefEntry {
             name: None,
-            manifest_digest: written.manifest_digest.clone(),
+            manifest_digest: written.digest.clone(),
             media_type: written.media_type.clone(),
-            size: written.manifest_size,
+            size: written.size,
         })?;
     }
     Ok(BuildOutcome {
-        manifest_digest: written.manifest_digest,
-        config_digest: written.config_digest,
+        manifest_digest: written.digest,
+        config_digest,
         tags,
     })
 }

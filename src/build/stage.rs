@@ -4,17 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::SystemTime;
 
 use super::copy::{self, CopyJob};
 use super::plan::{Base, CopyFrom, Plan};
 use super::rootfs::{self, Rootfs};
-use super::{BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_time, users};
+use super::{BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_epoch_seconds, users};
 use crate::dockerfile::{
     self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction,
     Lexer, Located, Location,
 };
-use crate::image::{self, ContainerConfig, History, HealthConfig, ImageConfig};
+use crate::image::{self, ContainerConfig, Healthcheck as HealthConfig, History, ImageConfig};
 use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
 use crate::reference::Reference;
 use crate::store::Store;
@@ -48,7 +47,7 @@ impl StageState {
             .iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
             .collect();
-        for pair in self.image.config.config.env.iter().flatten() {
+        for pair in &self.image.config.config.env {
             if let Some((key, value)) = pair.split_once('=') {
                 vars.insert(key.to_string(), value.to_string());
             }
@@ -57,7 +56,7 @@ impl StageState {
     }
 
     fn set_env(&mut self, key: &str, value: &str) {
-        let env = self.image.config.config.env.get_or_insert_with(Vec::new);
+        let env = &mut self.image.config.config.env;
         let entry = format!("{key}={value}");
         match env
             .iter_mut()
@@ -69,16 +68,16 @@ impl StageState {
     }
 
     fn shell(&self) -> Vec<String> {
-        match &self.image.config.config.shell {
-            Some(shell) if !shell.is_empty() => shell.clone(),
-            _ => vec!["/bin/sh".to_string(), "-c".to_string()],
+        match self.image.config.config.shell.as_slice() {
+            [] => vec!["/bin/sh".to_string(), "-c".to_string()],
+            shell => shell.to_vec(),
         }
     }
 
     fn workdir(&self) -> String {
-        match &self.image.config.config.working_dir {
-            Some(dir) if !dir.is_empty() => dir.clone(),
-            _ => "/".to_string(),
+        match self.image.config.config.working_dir.as_str() {
+            "" => "/".to_string(),
+            dir => dir.to_string(),
         }
     }
 }
@@ -97,7 +96,8 @@ pub(crate) struct Executor<'a> {
     images: BTreeMap<String, StageImage>,
     runtime: Option<tokio::runtime::Runtime>,
     rootfs: rootfs::RootfsManager,
-    time: SystemTime,
+    /// Seconds since the epoch written into `created` and synthesized mtimes.
+    time: u64,
     used_build_args: BTreeSet<String>,
 }
 
@@ -130,7 +130,7 @@ impl<'a> Executor<'a> {
             images: BTreeMap::new(),
             runtime: None,
             rootfs: rootfs::RootfsManager::new(store)?,
-            time: build_time(opts),
+            time: build_epoch_seconds(opts),
             used_build_args,
         })
     }
@@ -163,7 +163,7 @@ impl<'a> Executor<'a> {
     }
 
     fn created(&self) -> String {
-        humantime::format_rfc3339_seconds(self.time).to_string()
+        image::rfc3339(self.time)
     }
 
     fn build_stage(&mut self, index: usize) -> Result<StageImage, BuildError> {
@@ -196,7 +196,7 @@ impl<'a> Executor<'a> {
         };
 
         // ONBUILD triggers of the base run first, then are cleared from the new image.
-        let triggers = state.image.config.config.on_build.take().unwrap_or_default();
+        let triggers = std::mem::take(&mut state.image.config.config.on_build);
         for trigger in triggers {
             let parsed = parse_trigger(&trigger, &stage.location)?;
             let text = format!("ONBUILD {trigger}");
@@ -227,8 +227,8 @@ impl<'a> Executor<'a> {
             os: self.platform.os.clone(),
             variant: self.platform.variant.clone(),
             config: ContainerConfig {
-                env: Some(vec![DEFAULT_PATH.to_string()]),
-                working_dir: Some("/".to_string()),
+                env: vec![DEFAULT_PATH.to_string()],
+                working_dir: "/".to_string(),
                 ..Default::default()
             },
             ..Default::default()
@@ -255,22 +255,15 @@ impl<'a> Executor<'a> {
             None => {
                 let note = format!("pulling {}", reference.familiar());
                 self.progress.event(BuildEvent::Note(&note));
-                if self.runtime.is_none() {
-                    self.runtime = Some(
-                        tokio::runtime::Builder::new_multi_thread()
-                            .enable_all()
-                            .build()
-                            .map_err(|e| format!("cannot start async runtime: {e}"))?,
-                    );
-                }
-                let runtime = self.runtime.as_ref().ok_or("no async runtime")?;
                 let options = crate::client::PullOptions {
                     platform: crate::client::Platform::parse(&self.platform.to_string()).ok(),
                     ..Default::default()
                 };
+                let store = self.store;
+                let runtime = self.runtime()?;
                 let pulled = runtime
                     .block_on(crate::client::pull(
-                        self.store,
+                        store,
                         reference,
                         &options,
                         &crate::client::NoProgress,
@@ -280,12 +273,36 @@ impl<'a> Executor<'a> {
             }
         };
         let loaded = image::load_image(self.store, &manifest_digest).map_err(|e| e.to_string())?;
+        let layers = loaded
+            .manifest
+            .layers
+            .iter()
+            .zip(&loaded.config.rootfs.diff_ids)
+            .map(|(descriptor, diff_id)| LayerInfo {
+                diff_id: diff_id.clone(),
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+                media_type: oci_layer_media_type(&descriptor.media_type),
+            })
+            .collect();
         let image = StageImage {
-            layers: loaded.layers(),
+            layers,
             config: loaded.config,
         };
         self.images.insert(name, image.clone());
         Ok(image)
+    }
+
+    /// The async runtime for registry and URL downloads, started on first use.
+    fn runtime(&mut self) -> Result<&tokio::runtime::Runtime, String> {
+        if self.runtime.is_none() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start async runtime: {e}"))?;
+            self.runtime = Some(runtime);
+        }
+        self.runtime.as_ref().ok_or_else(|| "no async runtime".to_string())
     }
 
     fn expand(&self, state: &StageState, word: &str) -> Result<String, String> {
@@ -309,7 +326,7 @@ impl<'a> Executor<'a> {
             created: Some(self.created()),
             created_by: Some(created_by),
             comment: Some(HISTORY_COMMENT.to_string()),
-            empty_layer: empty_layer.then_some(true),
+            empty_layer,
             ..Default::default()
         });
     }
@@ -351,20 +368,14 @@ impl<'a> Executor<'a> {
                     let key = self.expand(state, key).map_err(fail)?;
                     let value = self.expand(state, value).map_err(fail)?;
                     text.push(format!("{key}={value}"));
-                    state
-                        .image
-                        .config
-                        .config
-                        .labels
-                        .get_or_insert_with(Default::default)
-                        .insert(key, value);
+                    state.image.config.config.labels.insert(key, value);
                 }
                 self.history(state, format!("LABEL {}", text.join(" ")), true);
             }
             Instruction::Workdir(dir) => {
                 let dir = self.expand(state, dir).map_err(fail)?;
                 let path = rootfs::join_clean(&state.workdir(), &dir);
-                state.image.config.config.working_dir = Some(path.clone());
+                state.image.config.config.working_dir = path.clone();
                 let layer = self.workdir_layer(state, &path).map_err(fail)?;
                 let empty = layer.is_none();
                 if let Some(layer) = layer {
@@ -378,7 +389,7 @@ impl<'a> Executor<'a> {
                 if user.is_empty() {
                     return Err(fail("USER requires a user name or id".to_string()));
                 }
-                state.image.config.config.user = Some(user.clone());
+                state.image.config.config.user = user.clone();
                 self.history(state, format!("USER {user}"), true);
             }
             Instruction::Expose(ports) => {
@@ -388,12 +399,7 @@ impl<'a> Executor<'a> {
                         added.extend(parse_ports(&port).map_err(fail)?);
                     }
                 }
-                let exposed = state
-                    .image
-                    .config
-                    .config
-                    .exposed_ports
-                    .get_or_insert_with(Default::default);
+                let exposed = &mut state.image.config.config.exposed_ports;
                 for port in &added {
                     exposed.insert(port.clone(), Default::default());
                 }
@@ -409,12 +415,7 @@ impl<'a> Executor<'a> {
                     }
                     added.push(volume);
                 }
-                let map = state
-                    .image
-                    .config
-                    .config
-                    .volumes
-                    .get_or_insert_with(Default::default);
+                let map = &mut state.image.config.config.volumes;
                 for volume in &added {
                     map.insert(volume.clone(), Default::default());
                 }
@@ -423,33 +424,33 @@ impl<'a> Executor<'a> {
             Instruction::Stopsignal(signal) => {
                 let signal = self.expand(state, signal).map_err(fail)?;
                 validate_signal(&signal).map_err(fail)?;
-                state.image.config.config.stop_signal = Some(signal.clone());
+                state.image.config.config.stop_signal = signal.clone();
                 self.history(state, format!("STOPSIGNAL {signal}"), true);
             }
             Instruction::Cmd(form) => {
                 let args = self.command_args(state, form);
-                state.image.config.config.cmd = Some(args.clone());
-                state.image.config.config.args_escaped = Some(true);
+                state.image.config.config.cmd = args.clone();
+                state.image.config.config.args_escaped = true;
                 state.cmd_set = true;
                 self.history(state, format!("CMD {}", go_quoted_list(&args)), true);
             }
             Instruction::Entrypoint(form) => {
                 let args = self.command_args(state, form);
-                state.image.config.config.entrypoint = Some(args.clone());
-                state.image.config.config.args_escaped = Some(true);
+                state.image.config.config.entrypoint = args.clone();
+                state.image.config.config.args_escaped = true;
                 if !state.cmd_set {
-                    state.image.config.config.cmd = None;
+                    state.image.config.config.cmd = Vec::new();
                 }
                 self.history(state, format!("ENTRYPOINT {}", go_quoted_list(&args)), true);
             }
             Instruction::Shell(shell) => {
-                state.image.config.config.shell = Some(shell.clone());
+                state.image.config.config.shell = shell.clone();
                 self.history(state, format!("SHELL [{}]", shell.join(" ")), true);
             }
             Instruction::Healthcheck(check) => {
                 let health = match check {
                     Healthcheck::None => HealthConfig {
-                        test: Some(vec!["NONE".to_string()]),
+                        test: vec!["NONE".to_string()],
                         ..Default::default()
                     },
                     Healthcheck::Cmd {
@@ -460,26 +461,27 @@ impl<'a> Executor<'a> {
                         start_interval,
                         retries,
                     } => HealthConfig {
-                        test: Some(match test {
+                        test: match test {
                             CommandForm::Exec(args) => {
                                 std::iter::once("CMD".to_string()).chain(args.clone()).collect()
                             }
                             CommandForm::Shell(cmd) => vec!["CMD-SHELL".to_string(), cmd.clone()],
-                        }),
-                        interval: *interval,
-                        timeout: *timeout,
-                        start_period: *start_period,
-                        start_interval: *start_interval,
-                        retries: *retries,
+                        },
+                        interval: nanos(*interval),
+                        timeout: nanos(*timeout),
+                        start_period: nanos(*start_period),
+                        start_interval: nanos(*start_interval),
+                        retries: retries.map_or(0, i64::from),
+                        ..Default::default()
                     },
                 };
                 let text = format!(
                     "HEALTHCHECK &{{{} \"{}\" \"{}\" \"{}\" '\\x{:02x}'}}",
-                    go_quoted_list(health.test.as_deref().unwrap_or_default()),
+                    go_quoted_list(&health.test),
                     go_duration(health.interval),
                     go_duration(health.timeout),
                     go_duration(health.start_period),
-                    health.retries.unwrap_or(0)
+                    health.retries
                 );
                 state.image.config.config.healthcheck = Some(health);
                 self.history(state, text, true);
@@ -490,7 +492,6 @@ impl<'a> Executor<'a> {
                     .config
                     .config
                     .on_build
-                    .get_or_insert_with(Vec::new)
                     .push(trigger.clone());
             }
             Instruction::Maintainer(name) => {
@@ -536,12 +537,6 @@ impl<'a> Executor<'a> {
         }
     }
 
-    fn mtime_now(&self) -> u64 {
-        self.time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
 
     /// The layer that creates a WORKDIR, or None when it already exists.
     fn workdir_layer(
@@ -563,7 +558,7 @@ impl<'a> Executor<'a> {
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
-                mtime: self.mtime_now(),
+                mtime: self.time,
                 xattrs: Vec::new(),
             })
             .collect();
@@ -607,6 +602,13 @@ impl<'a> Executor<'a> {
             .map(|c| super::chmod::Chmod::parse(&c).map_err(|e| e.to_string()))
             .transpose()?;
 
+        if is_add && sources.iter().any(|s| copy::is_url(s)) {
+            if copy.from.is_some() {
+                return Err("ADD --from cannot be used with a URL source".into());
+            }
+            self.runtime()?;
+        }
+
         // The target rootfs answers which parent dirs exist and resolves --chown names.
         let target = self.rootfs.mount(self.store, &state.image.layers)?;
         let owner = match &copy.chown {
@@ -640,13 +642,6 @@ impl<'a> Executor<'a> {
             Some(mount) => (mount.path(), None),
             None => (self.opts.context.as_path(), Some(&self.ignore)),
         };
-        if is_add && source_mount.is_none() {
-            for source in &sources {
-                if copy::is_url(source) && copy.from.is_some() {
-                    return Err("ADD --from cannot be used with a URL source".into());
-                }
-            }
-        }
         let job = CopyJob {
             sources: &sources,
             heredocs: &heredocs,
@@ -665,7 +660,7 @@ impl<'a> Executor<'a> {
             target_root: target.path(),
             created_mtime: self.opts.source_date_epoch.unwrap_or(0),
             store: self.store,
-            runtime: &mut self.runtime,
+            runtime: self.runtime.as_ref(),
         };
         let (entries, _scratch) = copy::entries(job)?;
         let info = layer::write_layer(self.store, entries, &self.layer_options())
@@ -679,9 +674,7 @@ impl<'a> Executor<'a> {
     fn expand_heredoc(&self, state: &StageState, content: &str) -> Result<String, String> {
         let vars = state.vars();
         let lookup = |name: &str| vars.get(name).cloned();
-        self.lexer
-            .process_heredoc(content, &lookup)
-            .map_err(|e| e.to_string())
+        super::heredoc::expand(&self.lexer, content, &lookup).map_err(|e| e.to_string())
     }
 }
 
@@ -754,9 +747,23 @@ fn go_quoted_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(" "))
 }
 
+/// A HEALTHCHECK duration in Docker's nanoseconds (0 when unset).
+fn nanos(value: Option<u64>) -> i64 {
+    value.map_or(0, |v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// The OCI media type for a layer media type (Docker's schema2 types map to their twins).
+fn oci_layer_media_type(media_type: &str) -> String {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => layer::MEDIA_TYPE_TAR_GZIP.to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar".to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Formats nanoseconds like Go's time.Duration (`5s`, `1m30s`, `0s`).
-fn go_duration(nanos: Option<u64>) -> String {
-    let nanos = nanos.unwrap_or(0);
+fn go_duration(nanos: i64) -> String {
+    let nanos = u64::try_from(nanos).unwrap_or(0);
     if nanos == 0 {
         return "0s".to_string();
     }
@@ -805,9 +812,9 @@ mod tests {
 
     #[test]
     fn durations_format_like_go() {
-        assert_eq!(go_duration(Some(5_000_000_000)), "5s");
-        assert_eq!(go_duration(Some(90_000_000_000)), "1m30s");
-        assert_eq!(go_duration(None), "0s");
-        assert_eq!(go_duration(Some(1_500_000_000)), "1.5s");
+        assert_eq!(go_duration(5_000_000_000), "5s");
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
     }
 }

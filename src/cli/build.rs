@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 
 use super::progress::{PlainProgress, ProgressMode};
 use crate::build::{self, BuildOptions};
-use crate::image::{self, ArchiveFormat};
+use super::archive::{self, ArchiveFormat};
 use crate::layer::Compression;
 use crate::reference::Reference;
 use crate::store::Store;
@@ -154,7 +154,7 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
 
     for output in &outputs {
         let tags: Vec<Reference> = outcome.tags.clone();
-        image::export_archive(store, &outcome.manifest_digest, &tags, output.format, &output.dest)
+        archive::export(store, &outcome.manifest_digest, &tags, output.format, &output.dest)
             .with_context(|| format!("cannot write {}", output.dest.display()))?;
     }
     if let Some(path) = &args.iidfile {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 
 use crate::digest::Digest;
-use crate::image::{self, ArchiveFormat};
+use super::archive::{self, ArchiveFormat};
 use crate::reference::Reference;
 use crate::store::{RefEntry, Store};
 
@@ -95,8 +95,8 @@ pub fn list(store: &Store) -> anyhow::Result<()> {
             }
             _ => ("<none>".to_string(), "<none>".to_string()),
         };
-        let size = image::load_image(store, &entry.manifest_digest)
-            .map(|img| img.total_layer_size())
+        let size = crate::image::load_image(store, &entry.manifest_digest)
+            .map(|img| img.manifest.layers.iter().map(|l| l.size).sum())
             .unwrap_or(0);
         println!(
             "{:<48} {:<16} {:<14} {:>10}",
@@ -200,7 +200,7 @@ pub fn save(store: &Store, args: SaveArgs) -> anyhow::Result<()> {
         .transpose()?
         .into_iter()
         .collect();
-    image::export_archive(store, &entry.manifest_digest, &tags, args.format, &args.output)
+    archive::export(store, &entry.manifest_digest, &tags, args.format, &args.output)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(())
 }

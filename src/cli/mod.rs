@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing (clap derive), progress output, exit codes.
 //! No logic of its own: each subcommand calls into the library.
+mod archive;
 mod build;
 mod images;
 mod progress;

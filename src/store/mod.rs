@@ -389,6 +389,21 @@ impl Store {
         Ok(true)
     }
 
+    /// Removes the untagged entry of `digest`; returns whether it existed.
+    pub fn remove_untagged(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let before = index.manifests.len();
+        index
+            .manifests
+            .retain(|d| !(d.ref_name().is_none() && d.digest == *digest));
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
     fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
     }
