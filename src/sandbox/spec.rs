@@ -3,13 +3,14 @@
 //! The container gets new pid, mount, ipc and uts namespaces (and a network namespace holding
 //! only `lo` for [`Network::None`]), `/proc`, a tmpfs `/dev` with the usual device nodes,
 //! devpts, shm and mqueue, a read-only `/sys`, bind mounts of host-made `/etc/hosts` and
-//! `/etc/resolv.conf`, Docker's default capability set, and no cgroup limits.
+//! `/etc/resolv.conf`, Docker's default capability set, and no cgroup limits (only device
+//! rules allowing its device nodes).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceBuilder, LinuxDeviceType,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxResourcesBuilder, LinuxDeviceBuilder, LinuxDeviceType,
     LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
     Spec, SpecBuilder, UserBuilder,
 };
@@ -258,8 +259,23 @@ pub fn oci_spec_for(spec: &RunSpec, hosts_file: &Path, resolv_file: &Path) -> Re
         .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
         .build()?;
-    // No cgroup limits: a build step may use the whole machine.
-    linux.set_resources(None);
+    // No cgroup limits: a build step may use the whole machine. Only the device rules are
+    // set: without them runc's device cgroup denies even /dev/null.
+    let mut device_rules = vec![
+        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?,
+        // /dev/pts/* and /dev/ptmx.
+        LinuxDeviceCgroupBuilder::default().allow(true).typ(LinuxDeviceType::C).major(136i64).access("rwm").build()?,
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(5i64)
+            .minor(2i64)
+            .access("rwm")
+            .build()?,
+    ];
+    device_rules.extend(linux.devices().iter().flatten().map(LinuxDeviceCgroup::from));
+    let resources = LinuxResourcesBuilder::default().devices(device_rules).build()?;
+    linux.set_resources(Some(resources));
 
     let root = RootBuilder::default().path(&spec.rootfs).readonly(false).build()?;
     let spec = SpecBuilder::default()
