@@ -55,7 +55,7 @@ pub(crate) struct Baseline {
 /// Copies `lowers` (top-most first) into `target`, applying their whiteouts and opaque dirs.
 pub(crate) fn merge_lowers(lowers: &[PathBuf], target: &Path) -> Result<Baseline, SnapshotError> {
     for lower in lowers.iter().rev() {
-        merge_dir(lower, target)?;
+        merge_dir(lower, target, &mut LinkMap::new())?;
     }
     let mut baseline = Baseline::default();
     record_stamps(target, Path::new(""), &mut baseline.stamps)?;
@@ -79,7 +79,7 @@ fn remove_any(path: &Path) -> Result<(), SnapshotError> {
     }
 }
 
-fn merge_dir(src_dir: &Path, dst_dir: &Path) -> Result<(), SnapshotError> {
+fn merge_dir(src_dir: &Path, dst_dir: &Path, links: &mut LinkMap) -> Result<(), SnapshotError> {
     for name in sorted_children(src_dir)? {
         let src = src_dir.join(&name);
         let dst = dst_dir.join(&name);
@@ -93,19 +93,29 @@ fn merge_dir(src_dir: &Path, dst_dir: &Path) -> Result<(), SnapshotError> {
                 remove_any(&dst)?;
                 fs::create_dir(&dst).map_err(|e| SnapshotError::io("creating dir", &dst, e))?;
             }
-            merge_dir(&src, &dst)?;
+            merge_dir(&src, &dst, links)?;
             copy_metadata(&src, &meta, &dst)?;
         } else {
             remove_any(&dst)?;
-            copy_node(&src, &meta, &dst)?;
+            copy_node(&src, &meta, &dst, links)?;
         }
     }
     Ok(())
 }
 
-/// Copies one non-directory node with its metadata.
-fn copy_node(src: &Path, meta: &fs::Metadata, dst: &Path) -> Result<(), SnapshotError> {
+/// Where the first copy of each multiply-linked source inode went, to link the others to it.
+type LinkMap = HashMap<(u64, u64), PathBuf>;
+
+/// Copies one non-directory node with its metadata, keeping hard links among copied nodes.
+fn copy_node(src: &Path, meta: &fs::Metadata, dst: &Path, links: &mut LinkMap) -> Result<(), SnapshotError> {
     let file_type = meta.file_type();
+    if meta.nlink() > 1 && !meta.is_dir() {
+        let key = (meta.dev(), meta.ino());
+        if let Some(first) = links.get(&key) {
+            return fs::hard_link(first, dst).map_err(|e| SnapshotError::io("hard-linking", dst, e));
+        }
+        links.insert(key, dst.to_path_buf());
+    }
     if file_type.is_file() {
         fs::copy(src, dst).map_err(|e| SnapshotError::io("copying to", dst, e))?;
     } else if file_type.is_symlink() {
@@ -183,6 +193,7 @@ pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &
     // Dirs that are new or were re-created: everything below them is copied, nothing is whited out.
     let mut fresh_dirs: BTreeSet<PathBuf> = BTreeSet::new();
     let mut upper_dirs: Vec<PathBuf> = Vec::new();
+    let mut links = LinkMap::new();
     for rel in paths {
         let stamp = &now[rel];
         let before = baseline.stamps.get(rel);
@@ -208,7 +219,7 @@ pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &
             }
         } else if under_fresh || before != Some(stamp) {
             ensure_upper_parents(target, upper, rel, &mut upper_dirs)?;
-            copy_node(&src, &meta, &upper.join(rel))?;
+            copy_node(&src, &meta, &upper.join(rel), &mut links)?;
         }
     }
     let mut deleted: Vec<&PathBuf> = baseline.stamps.keys().filter(|p| !now.contains_key(*p)).collect();

@@ -60,6 +60,22 @@ impl OverlayMount {
         work: &Path,
         target: &Path,
     ) -> Result<OverlayMount, SnapshotError> {
+        Self::mount_with(lowers, upper, work, target, false)
+    }
+
+    /// Makes the merged view by copying, as where overlayfs is unavailable (slow; for tests and
+    /// for debugging file systems that misbehave under overlayfs).
+    pub fn mount_copy(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<OverlayMount, SnapshotError> {
+        Self::mount_with(lowers, upper, work, target, true)
+    }
+
+    fn mount_with(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+        force_copy: bool,
+    ) -> Result<OverlayMount, SnapshotError> {
         let mut empty_lower = None;
         let lowers: Vec<PathBuf> = if lowers.is_empty() {
             let dir = tempfile::Builder::new()
@@ -80,7 +96,12 @@ impl OverlayMount {
             _empty_lower: empty_lower,
             baseline: None,
         };
-        match mount_overlay(&lowers, upper, work, target) {
+        let attempt = if force_copy {
+            Err(OverlayAttempt::Unavailable("copy requested".to_string()))
+        } else {
+            mount_overlay(&lowers, upper, work, target)
+        };
+        match attempt {
             Ok(()) => {}
             Err(OverlayAttempt::Unavailable(reason)) => {
                 COPY_FALLBACK_WARNING.call_once(|| {
