@@ -136,12 +136,3 @@ fn unknown_target_is_reported() {
         &["target", "\"b\""],
     );
 }
-
-#[test]
-fn run_reports_that_it_is_not_supported_yet() {
-    assert_build_fails(
-        &[("Dockerfile", "FROM scratch\nRUN echo hi\n")],
-        &[],
-        &["Dockerfile:2", "RUN"],
-    );
-}

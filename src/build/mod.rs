@@ -9,6 +9,7 @@ mod heredoc;
 mod plan;
 pub mod platform;
 mod rootfs;
+mod run;
 mod stage;
 pub mod users;
 
@@ -46,6 +47,12 @@ pub struct BuildOptions {
     /// `SOURCE_DATE_EPOCH`: clamps file times and sets every `created` time.
     pub source_date_epoch: Option<u64>,
     pub compression: Compression,
+    /// `--network` for RUN: `default` (the host's), `host` or `none`.
+    pub network: Option<String>,
+    /// `--secret id=ID,src=FILE`: files RUN can mount with `--mount=type=secret`.
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// `--runtime`: the OCI runtime for RUN (default: detected, crun or runc).
+    pub runtime: Option<PathBuf>,
 }
 
 impl BuildOptions {
@@ -63,6 +70,9 @@ impl BuildOptions {
             pull: false,
             source_date_epoch: None,
             compression: Compression::Gzip,
+            network: None,
+            secrets: BTreeMap::new(),
+            runtime: None,
         }
     }
 }
@@ -87,6 +97,8 @@ pub enum BuildEvent<'a> {
     },
     /// A line of information (pulls, warnings).
     Note(&'a str),
+    /// Output of a RUN command, as it arrives.
+    Output(&'a [u8]),
 }
 
 /// Receives build progress.
@@ -134,6 +146,20 @@ pub enum BuildError {
     Layer(#[from] crate::layer::LayerError),
     #[error("snapshots: {0}")]
     Snapshot(String),
+    #[error("build interrupted")]
+    Interrupted,
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks running builds to stop: running RUN containers are killed, and no further step starts.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::sandbox::kill_all_containers();
+}
+
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl BuildError {

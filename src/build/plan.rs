@@ -126,15 +126,23 @@ impl Plan {
             self.visit(dockerfile, parent, visiting)?;
         }
         for located in &dockerfile.stages[index].instructions {
-            let copy = match &located.instruction {
-                Instruction::Copy(copy) | Instruction::Add(copy) => copy,
+            let fail = |e: String| BuildError::step(&located.location, &located.source_text, e);
+            let froms: Vec<String> = match &located.instruction {
+                Instruction::Copy(copy) | Instruction::Add(copy) => copy.from.iter().cloned().collect(),
+                Instruction::Run(run) => run
+                    .mounts
+                    .iter()
+                    .filter_map(|m| {
+                        m.split(',')
+                            .find_map(|f| f.trim().strip_prefix("from=").map(str::to_string))
+                    })
+                    .collect(),
                 _ => continue,
             };
-            if let Some(CopyFrom::Stage(dep)) =
-                self.copy_from(dockerfile, index, copy)
-                    .map_err(|e| BuildError::step(&located.location, &located.source_text, e))?
-            {
-                self.visit(dockerfile, dep, visiting)?;
+            for from in froms {
+                if let CopyFrom::Stage(dep) = self.resolve_from(dockerfile, index, &from).map_err(fail)? {
+                    self.visit(dockerfile, dep, visiting)?;
+                }
             }
         }
         self.order.push(index);
@@ -152,6 +160,17 @@ impl Plan {
         let Some(from) = &copy.from else {
             return Ok(None);
         };
+        self.resolve_from(dockerfile, stage_index, from).map(Some)
+    }
+
+    /// Resolves a `--from`/`from=` value used in stage `stage_index`: an earlier stage by
+    /// name or number, else an image reference.
+    pub fn resolve_from(
+        &self,
+        dockerfile: &Dockerfile,
+        stage_index: usize,
+        from: &str,
+    ) -> Result<CopyFrom, String> {
         let lexer = Lexer::new(dockerfile.escape);
         let lookup = |name: &str| self.global_args.get(name).cloned();
         let from = lexer.process_word(from, &lookup).map_err(|e| e.to_string())?;
@@ -161,10 +180,10 @@ impl Plan {
                     "invalid --from={from}: stage {number} is not an earlier stage"
                 ));
             }
-            return Ok(Some(CopyFrom::Stage(number)));
+            return Ok(CopyFrom::Stage(number));
         }
         if let Some(index) = find_stage(dockerfile, &from, stage_index) {
-            return Ok(Some(CopyFrom::Stage(index)));
+            return Ok(CopyFrom::Stage(index));
         }
         if dockerfile
             .stages
@@ -177,7 +196,7 @@ impl Plan {
         }
         let reference = Reference::parse(&from)
             .map_err(|e| format!("--from={from} is neither a stage nor an image: {e}"))?;
-        Ok(Some(CopyFrom::Image(reference.with_default_tag())))
+        Ok(CopyFrom::Image(reference.with_default_tag()))
     }
 }
 

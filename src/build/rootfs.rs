@@ -107,6 +107,33 @@ impl RootfsManager {
     }
 }
 
+impl RootfsManager {
+    /// Makes the upper dir of a RUN the snapshot of the layer it became (no re-unpack).
+    pub fn adopt_upper(
+        &self,
+        below: &[LayerInfo],
+        layer: &LayerInfo,
+        upper: tempfile::TempDir,
+    ) -> Result<(), String> {
+        let mut parent = None;
+        for info in below {
+            parent = Some(snapshot::chain_id(parent.as_ref(), &info.diff_id));
+        }
+        let chain_id = snapshot::chain_id(parent.as_ref(), &layer.diff_id);
+        let source = upper.path().to_path_buf();
+        self.snapshots
+            .ensure(&chain_id, parent.as_ref(), |dest: &Path| -> Result<(), std::io::Error> {
+                for entry in std::fs::read_dir(&source)? {
+                    let entry = entry?;
+                    std::fs::rename(entry.path(), dest.join(entry.file_name()))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("cannot keep the snapshot of layer {}: {e}", layer.digest))?;
+        Ok(())
+    }
+}
+
 /// Joins `path` onto the directory `base` (when relative) and cleans the result like Go's
 /// `path.Clean`, always absolute.
 pub(crate) fn join_clean(base: &str, path: &str) -> String {
@@ -168,6 +195,44 @@ pub(crate) fn dir_exists_in_root(root: &Path, relative: &str) -> bool {
     open_in_root(&root_fd, relative, OFlags::PATH | OFlags::DIRECTORY).is_some()
 }
 
+/// The host path of `relative` inside `root`, with symlinks resolved within the root (so
+/// the result never points outside it). None when it does not exist.
+pub(crate) fn resolve_in_root(root: &Path, relative: &str) -> Option<PathBuf> {
+    let root_fd = open_root(root)?;
+    let relative = relative.trim_start_matches('/');
+    let relative = if relative.is_empty() { "." } else { relative };
+    let fd = open_in_root(&root_fd, relative, OFlags::PATH)?;
+    std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).ok()
+}
+
+/// Creates the directory `path` (absolute, in the image) and its missing parents inside
+/// `root`, never following a symlink out of the root. New directories get `uid:gid`, 0755.
+pub(crate) fn mkdir_all_in_root(root: &Path, path: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+    let root_fd = open_root(root).ok_or_else(|| std::io::Error::other("cannot open root"))?;
+    let mut parent = String::from(".");
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        let current = if parent == "." {
+            part.to_string()
+        } else {
+            format!("{parent}/{part}")
+        };
+        if open_in_root(&root_fd, &current, OFlags::PATH | OFlags::DIRECTORY).is_none() {
+            let parent_fd = open_in_root(&root_fd, &parent, OFlags::PATH | OFlags::DIRECTORY)
+                .ok_or_else(|| std::io::Error::other(format!("{parent} is not a directory")))?;
+            rustix::fs::mkdirat(&parent_fd, part, Mode::from_raw_mode(0o755))?;
+            rustix::fs::chownat(
+                &parent_fd,
+                part,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )?;
+        }
+        parent = current;
+    }
+    Ok(())
+}
+
 /// The directories of absolute `path` (itself included) missing under `root`, as relative
 /// paths from the outermost missing one down, e.g. `["work", "work/sub"]`.
 pub(crate) fn missing_dirs(root: &Path, path: &str) -> Vec<String> {
@@ -211,5 +276,11 @@ mod tests {
         assert_eq!(read_in_root(&root, "escape"), None);
         assert_eq!(missing_dirs(&root, "/etc/app/x"), vec!["etc/app", "etc/app/x"]);
         assert!(missing_dirs(&root, "/etc-link").is_empty());
+        assert_eq!(resolve_in_root(&root, "/etc-link/passwd"), Some(root.join("etc/passwd")));
+        assert_eq!(resolve_in_root(&root, "escape"), None);
+        std::os::unix::fs::symlink("/", root.join("to-root")).unwrap();
+        mkdir_all_in_root(&root, "/to-root/made/here", 0, 0).unwrap();
+        assert!(root.join("made/here").is_dir());
+        assert!(!dir.path().join("made").exists());
     }
 }

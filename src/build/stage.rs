@@ -6,16 +6,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::copy::{self, CopyJob};
+use super::run::{self, MountSpec, RunContext, RunStep};
 use super::plan::{Base, CopyFrom, Plan};
 use super::rootfs::{self, Rootfs};
 use super::{BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_epoch_seconds, users};
 use crate::dockerfile::{
-    self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction,
+    self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction, RunInstr,
     Lexer, Located, Location,
 };
 use crate::image::{self, ContainerConfig, Healthcheck as HealthConfig, History, ImageConfig};
 use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
 use crate::reference::Reference;
+use crate::sandbox::{Network, Runtime};
 use crate::store::Store;
 
 /// Docker's default PATH for Linux images.
@@ -95,6 +97,7 @@ pub(crate) struct Executor<'a> {
     done: BTreeMap<usize, StageImage>,
     images: BTreeMap<String, StageImage>,
     runtime: Option<tokio::runtime::Runtime>,
+    sandbox_runtime: Option<Runtime>,
     rootfs: rootfs::RootfsManager,
     /// Seconds since the epoch written into `created` and synthesized mtimes.
     time: u64,
@@ -129,6 +132,7 @@ impl<'a> Executor<'a> {
             done: BTreeMap::new(),
             images: BTreeMap::new(),
             runtime: None,
+            sandbox_runtime: None,
             rootfs: rootfs::RootfsManager::new(store)?,
             time: build_epoch_seconds(opts),
             used_build_args,
@@ -210,6 +214,9 @@ impl<'a> Executor<'a> {
         }
 
         for (step, located) in stage.instructions.iter().enumerate() {
+            if super::interrupted() {
+                return Err(BuildError::Interrupted);
+            }
             self.progress.event(BuildEvent::Step {
                 stage: &stage_name,
                 index: step + 2,
@@ -508,11 +515,15 @@ impl<'a> Executor<'a> {
                 let text = format!("{} # imgbuild", located.source_text.trim());
                 self.history(state, text, false);
             }
-            Instruction::Run(_) => {
-                return Err(fail(
-                    "RUN is not supported yet: build steps that run commands come with the RUN work"
-                        .to_string(),
-                ));
+            Instruction::Run(instr) => {
+                let (layer, args) = self.run_layer(state, stage_index, instr).map_err(fail)?;
+                let created_by = format!("RUN {} # imgbuild", args.join(" "));
+                let empty = layer.is_none();
+                if let Some(layer) = layer {
+                    state.image.config.rootfs.diff_ids.push(layer.diff_id.clone());
+                    state.image.layers.push(layer);
+                }
+                self.history(state, created_by, empty);
             }
         }
         Ok(())
@@ -668,6 +679,87 @@ impl<'a> Executor<'a> {
         drop(source_mount);
         drop(target);
         Ok(info)
+    }
+
+    /// The OCI runtime for RUN, detected on first use.
+    fn sandbox_runtime(&mut self) -> Result<Runtime, String> {
+        if let Some(runtime) = &self.sandbox_runtime {
+            return Ok(runtime.clone());
+        }
+        let runtime = Runtime::detect(self.store.root(), self.opts.runtime.as_deref())
+            .map_err(|e| e.to_string())?;
+        self.sandbox_runtime = Some(runtime.clone());
+        Ok(runtime)
+    }
+
+    /// Runs a RUN; returns its layer (None when it changed nothing) and the command line.
+    fn run_layer(
+        &mut self,
+        state: &StageState,
+        stage_index: usize,
+        instr: &RunInstr,
+    ) -> Result<(Option<LayerInfo>, Vec<String>), String> {
+        let mut mounts = Vec::new();
+        for raw in &instr.mounts {
+            mounts.push(MountSpec::parse(&self.expand(state, raw)?)?);
+        }
+        // Root file systems of the stages/images bind mounts read from.
+        let mut from_mounts: Vec<Rootfs> = Vec::new();
+        let mut from_roots = BTreeMap::new();
+        for mount in &mounts {
+            let Some(name) = mount.from() else { continue };
+            let image = match self.plan.resolve_from(self.dockerfile, stage_index, name)? {
+                CopyFrom::Stage(index) => self
+                    .done
+                    .get(&index)
+                    .cloned()
+                    .ok_or_else(|| format!("stage {name} was not built"))?,
+                CopyFrom::Image(reference) => self.image(&reference)?,
+            };
+            let rootfs = self.rootfs.mount(self.store, &image.layers)?;
+            from_roots.insert(name.to_string(), rootfs.path().to_path_buf());
+            from_mounts.push(rootfs);
+        }
+        let mut env = state.image.config.config.env.clone();
+        for (key, value) in &state.args {
+            let Some(value) = value else { continue };
+            if !env.iter().any(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str())) {
+                env.push(format!("{key}={value}"));
+            }
+        }
+        let runtime = self.sandbox_runtime()?;
+        let step = RunStep {
+            instr,
+            layers: &state.image.layers,
+            shell: state.shell(),
+            env,
+            workdir: state.workdir(),
+            user: state.image.config.config.user.clone(),
+            mounts,
+            from_roots,
+        };
+        let args = run::command_args(instr, &step.shell).0;
+        let ctx = RunContext {
+            store: self.store,
+            runtime: &runtime,
+            rootfs: &self.rootfs,
+            context_dir: &self.opts.context,
+            secrets: &self.opts.secrets,
+            default_network: run::parse_network(self.opts.network.as_deref(), Network::Host)?,
+        };
+        let progress = &mut *self.progress;
+        let result = run::run_step(&ctx, &step, &mut |bytes: &[u8]| {
+            progress.event(BuildEvent::Output(bytes));
+        })?;
+        drop(from_mounts);
+        if result.entries.is_empty() {
+            return Ok((None, args));
+        }
+        let info = layer::write_layer(self.store, result.entries, &self.layer_options())
+            .map_err(|e| e.to_string())?;
+        self.rootfs
+            .adopt_upper(&state.image.layers, &info, result.upper)?;
+        Ok((Some(info), args))
     }
 
     /// Heredoc bodies of COPY expand variables unless the delimiter was quoted.

@@ -57,6 +57,67 @@ pub struct BuildArgs {
     /// Layer compression: gzip, zstd[:LEVEL], or uncompressed.
     #[arg(long, default_value = "gzip")]
     pub compression: String,
+    /// Network for RUN steps: default (the host's), host, or none.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// A secret RUN can mount: `id=ID,src=FILE` (or `id=ID,env=VAR`); may be repeated.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// OCI runtime for RUN steps (path or name, e.g. runc) [default: the first of crun, runc that works].
+    #[arg(long)]
+    pub runtime: Option<PathBuf>,
+}
+
+/// Parses `--secret id=ID,src=FILE` / `id=ID,env=VAR` (env secrets are written to a private
+/// temp file that lives as long as `keep`).
+fn parse_secret(text: &str, keep: &mut Vec<tempfile::NamedTempFile>) -> anyhow::Result<(String, PathBuf)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for field in text.split(',') {
+        match field.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+            Some(("env", v)) => env = Some(v.to_string()),
+            Some(("type", "file" | "env")) => {}
+            _ => bail!("invalid --secret {text:?}: expected id=ID,src=FILE or id=ID,env=VAR"),
+        }
+    }
+    let id = id.with_context(|| format!("invalid --secret {text:?}: missing id="))?;
+    let path = match (src, env) {
+        (Some(path), _) => {
+            if !path.is_file() {
+                bail!("--secret {id}: {} is not a file", path.display());
+            }
+            std::fs::canonicalize(&path)?
+        }
+        (None, Some(var)) => {
+            let value = std::env::var(&var)
+                .with_context(|| format!("--secret {id}: environment variable {var} is not set"))?;
+            let mut file = tempfile::NamedTempFile::new()?;
+            std::io::Write::write_all(&mut file, value.as_bytes())?;
+            let path = file.path().to_path_buf();
+            keep.push(file);
+            path
+        }
+        (None, None) => bail!("invalid --secret {text:?}: missing src=FILE or env=VAR"),
+    };
+    Ok((id, path))
+}
+
+/// On Ctrl-C, kill running RUN containers and stop the build (it then cleans up and fails).
+fn stop_build_on_interrupt() {
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        runtime.block_on(async {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping the build");
+                build::interrupt();
+            }
+        });
+    });
 }
 
 /// A parsed `--output` value.
@@ -147,6 +208,15 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<anyhow::Result<Vec<_>>>()?;
+
+    opts.network = args.network.clone();
+    opts.runtime = args.runtime.clone();
+    let mut secret_files = Vec::new();
+    for secret in &args.secrets {
+        let (id, path) = parse_secret(secret, &mut secret_files)?;
+        opts.secrets.insert(id, path);
+    }
+    stop_build_on_interrupt();
 
     let mode = if args.quiet { ProgressMode::Quiet } else { args.progress };
     let mut progress = PlainProgress::new(mode);

@@ -45,6 +45,14 @@ impl BuildProgress for PlainProgress {
                 writeln!(err, "#{} [{stage} {index}/{total}] {first_line}", self.step)
             }
             BuildEvent::Note(note) => writeln!(err, "{note}"),
+            BuildEvent::Output(bytes) => {
+                let text = String::from_utf8_lossy(bytes);
+                let mut result = Ok(());
+                for line in text.split_inclusive('\n') {
+                    result = write!(err, "#{} {line}", self.step);
+                }
+                result
+            }
         };
     }
 }
