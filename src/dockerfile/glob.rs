@@ -129,35 +129,43 @@ fn tokenize(pattern: &str, classes: bool) -> Result<Vec<Token>, BadPattern> {
             '?' => tokens.push(Token::AnyChar),
             '\\' => tokens.push(Token::Literal(chars.next().ok_or_else(bad)?)),
             '[' if classes => {
-                let negated = chars.next_if_eq(&'^').is_some();
-                let mut ranges = Vec::new();
-                loop {
-                    let lo = match chars.next().ok_or_else(bad)? {
-                        ']' if !ranges.is_empty() => break,
-                        ']' | '-' => return Err(bad()),
-                        '\\' => chars.next().ok_or_else(bad)?,
-                        other => other,
-                    };
-                    let hi = if chars.next_if_eq(&'-').is_some() {
-                        match chars.next().ok_or_else(bad)? {
-                            ']' | '-' => return Err(bad()),
-                            '\\' => chars.next().ok_or_else(bad)?,
-                            other => other,
-                        }
-                    } else {
-                        lo
-                    };
-                    if hi < lo {
-                        return Err(bad());
-                    }
-                    ranges.push((lo, hi));
-                }
+                let (negated, ranges) = parse_class(&mut chars).ok_or_else(bad)?;
                 tokens.push(Token::Class { negated, ranges });
             }
             other => tokens.push(Token::Literal(other)),
         }
     }
     Ok(tokens)
+}
+
+/// Parses a character class after its `[`: optional `^`, then `c` or `lo-hi` items (with `\` escapes)
+/// up to `]`. Returns `(negated, ranges)`, or `None` when the class is malformed.
+pub(crate) fn parse_class(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+) -> Option<(bool, Vec<(char, char)>)> {
+    let negated = chars.next_if_eq(&'^').is_some();
+    let mut ranges = Vec::new();
+    loop {
+        let lo = match chars.next()? {
+            ']' if !ranges.is_empty() => return Some((negated, ranges)),
+            ']' | '-' => return None,
+            '\\' => chars.next()?,
+            other => other,
+        };
+        let hi = if chars.next_if_eq(&'-').is_some() {
+            match chars.next()? {
+                ']' | '-' => return None,
+                '\\' => chars.next()?,
+                other => other,
+            }
+        } else {
+            lo
+        };
+        if hi < lo {
+            return None;
+        }
+        ranges.push((lo, hi));
+    }
 }
 
 #[cfg(test)]

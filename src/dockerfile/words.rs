@@ -42,12 +42,10 @@ pub(crate) fn split_words(rest: &str, escape: char) -> Vec<String> {
             keep_empty = true;
             word.push(ch);
         } else if ch == escape {
-            match chars.next() {
-                Some(next) => {
-                    word.push(ch);
-                    word.push(next);
-                }
-                None => {}
+            // An escape at the very end of the text is dropped.
+            if let Some(next) = chars.next() {
+                word.push(ch);
+                word.push(next);
             }
         } else {
             word.push(ch);

@@ -153,9 +153,12 @@ fn mandatory_variables_report_their_message() {
     assert!(err.to_string().contains("${VAR?}"), "{err}");
 }
 
+/// (input, variables, expected).
+type PatternCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn prefix_suffix_and_replacement_patterns() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[PatternCase] = &[
         (r"${FOO%%\**}", &[("FOO", "xx**")], "xx"),
         ("${FOO#*x*y}", &[("FOO", "xxyy")], "y"),
         ("${FOO#*}", &[("FOO", "xxyy")], "xxyy"),
