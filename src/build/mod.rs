@@ -127,7 +127,7 @@ pub enum BuildError {
     #[error(transparent)]
     Dockerfile(#[from] dockerfile::DockerfileError),
     #[error(transparent)]
-    Ignore(#[from] dockerfile::IgnoreError),
+    Ignore(#[from] dockerfile::ignore::IgnoreError),
     #[error("platform {requested:?} is not supported: this host builds only for {host}")]
     UnsupportedPlatform { requested: String, host: String },
     #[error("target stage {0:?} could not be found")]
@@ -217,7 +217,7 @@ pub fn build(
     })?;
     let label = dockerfile_label(&dockerfile_path);
     let parsed = dockerfile::parse(&text, &label)?;
-    let ignore = dockerfile::load_for_build(&opts.context, &dockerfile_path)?;
+    let ignore = dockerfile::ignore::load_for_build(&opts.context, &dockerfile_path)?;
 
     let plan = plan::Plan::new(&parsed, opts, &host)?;
     let mut executor = stage::Executor::new(store, opts, &host, &parsed, &plan, ignore, progress)?;
