@@ -32,6 +32,14 @@ pub enum RegistryError {
         expected: Digest,
         actual: Digest,
     },
+    #[error(
+        "size mismatch for {what}: the manifest declares {expected} bytes, the registry sent {actual}"
+    )]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: String,
+    },
     #[error("invalid manifest {what}: {reason}")]
     BadManifest { what: String, reason: String },
     #[error("no image for platform {wanted} in {what} (it has: {available})")]

@@ -339,13 +339,13 @@ impl RegistryClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| RegistryError::transport(&self.registry, &e))?;
             received += chunk.len() as u64;
-            if expected_size.is_some_and(|size| received > size) {
-                return Err(RegistryError::BadManifest {
+            if let Some(size) = expected_size
+                && received > size
+            {
+                return Err(RegistryError::SizeMismatch {
                     what,
-                    reason: format!(
-                        "the registry sent more than the {} bytes the manifest declares",
-                        expected_size.unwrap_or_default()
-                    ),
+                    expected: size,
+                    actual: format!("more than {size}"),
                 });
             }
             hasher.update(&chunk);
@@ -368,9 +368,10 @@ impl RegistryClient {
         if let Some(size) = expected_size
             && size != received
         {
-            return Err(RegistryError::BadManifest {
+            return Err(RegistryError::SizeMismatch {
                 what,
-                reason: format!("the registry sent {received} bytes, the manifest declares {size}"),
+                expected: size,
+                actual: received.to_string(),
             });
         }
         Ok(received)
