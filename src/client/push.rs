@@ -453,9 +453,18 @@ mod tests {
             report.to_string(),
             "pushed 2 of 6 layers (45.1 MB), 3 already present, 1 mounted from base/debian"
         );
+        let nothing_new = PushReport {
+            layers_total: 1,
+            layers_pushed: 0,
+            bytes_pushed: 0,
+            layers_present: 1,
+            layers_mounted: Vec::new(),
+            configs_pushed: 0,
+            manifest_digest: Digest::sha256_of(b"m"),
+        };
         assert_eq!(
-            PushReport::default().to_string(),
-            "pushed 0 of 0 layers (0 B)"
+            nothing_new.to_string(),
+            "pushed 0 of 1 layers (0 B), 1 already present"
         );
     }
 
