@@ -374,7 +374,13 @@ async fn push_to_htpasswd_registry_fails_without_credentials_and_works_after_log
     let wrong = login(&registry.address, "builder", "wrong", &connection)
         .await
         .unwrap_err();
-    assert!(wrong.to_string().contains("401 Unauthorized"), "{wrong}");
+    assert_eq!(
+        wrong.to_string(),
+        format!(
+            "login {0}: registry {0} rejected the user name or password (401 Unauthorized)",
+            registry.address
+        )
+    );
     assert!(
         !docker_config.path().join("config.json").exists(),
         "bad credentials are not saved"

@@ -233,9 +233,15 @@ impl RegistryClient {
     pub async fn verify_login(&self) -> Result<(), RegistryError> {
         let url = self.url("/v2/")?;
         let response = self.send("", || Ok(self.http.get(url.clone()))).await?;
-        self.check(response, "GET /v2/", "the API endpoint /v2/")
-            .await?;
-        Ok(())
+        match self
+            .check(response, "GET /v2/", "the API endpoint /v2/")
+            .await
+        {
+            Err(RegistryError::Unauthorized { registry, .. }) => {
+                Err(RegistryError::CredentialsRejected { registry })
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Fetches a manifest or index by tag or digest and verifies its digest: against
@@ -733,7 +739,8 @@ async fn error_detail(response: Response) -> String {
                 .iter()
                 .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
                 .collect();
-            format!(": {}", items.join("; "))
+            // Keep error messages on one line whatever the registry sent.
+            format!(": {}", items.join("; ").replace(['\n', '\r'], " "))
         }
         _ => String::new(),
     }
