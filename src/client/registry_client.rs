@@ -53,8 +53,10 @@ pub struct UploadTuning {
 impl Default for UploadTuning {
     fn default() -> Self {
         UploadTuning {
-            monolithic_max: 32 * 1024 * 1024,
-            chunk_size: 64 * 1024 * 1024,
+            // Small enough that progress advances and a failure costs little; large enough
+            // that round trips do not dominate.
+            monolithic_max: 8 * 1024 * 1024,
+            chunk_size: 16 * 1024 * 1024,
         }
     }
 }
