@@ -347,17 +347,17 @@ impl Authenticator {
 
     /// The Authorization header to send for `scope`, if the registry asked for auth before.
     pub async fn header_for(&self, scope: &str) -> Result<Option<String>, RegistryError> {
-        let challenge = {
+        {
+            // The guard must be dropped before the await below.
             let state = self.lock_state();
             match &state.challenge {
                 None => return Ok(None),
                 Some(Challenge::Bearer { .. }) => {
                     return Ok(state.tokens.get(scope).map(|t| format!("Bearer {t}")));
                 }
-                Some(Challenge::Basic) => Challenge::Basic,
+                Some(Challenge::Basic) => {}
             }
-        };
-        debug_assert_eq!(challenge, Challenge::Basic);
+        }
         Ok(self.credentials().await?.map(|c| c.basic_header()))
     }
 
@@ -381,9 +381,20 @@ impl Authenticator {
         self.lock_state().challenge = Some(challenge.clone());
         match challenge {
             Challenge::Basic => Ok(self.credentials().await?.is_some()),
-            Challenge::Bearer { realm, service, .. } => {
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: challenge_scope,
+            } => {
+                // Our scope names what the request needs; the challenge's is a fallback
+                // for scope-less requests such as GET /v2/.
+                let token_scope = if scope.is_empty() {
+                    challenge_scope.unwrap_or_default()
+                } else {
+                    scope.to_string()
+                };
                 let token = self
-                    .fetch_token(client, &realm, service.as_deref(), scope)
+                    .fetch_token(client, &realm, service.as_deref(), &token_scope)
                     .await?;
                 self.lock_state().tokens.insert(scope.to_string(), token);
                 Ok(true)

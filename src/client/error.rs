@@ -15,6 +15,8 @@ pub enum RegistryError {
     Unreachable { registry: String, reason: String },
     #[error("registry {registry} requires authentication (401 Unauthorized){detail}")]
     Unauthorized { registry: String, detail: String },
+    #[error("registry {registry} rejected the user name or password (401 Unauthorized)")]
+    CredentialsRejected { registry: String },
     #[error("registry {registry} denied access (403 Forbidden){detail}")]
     Denied { registry: String, detail: String },
     #[error("{what} not found in registry {registry}")]
@@ -31,6 +33,14 @@ pub enum RegistryError {
         what: String,
         expected: Digest,
         actual: Digest,
+    },
+    #[error(
+        "size mismatch for {what}: the manifest declares {expected} bytes, the registry sent {actual}"
+    )]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: String,
     },
     #[error("invalid manifest {what}: {reason}")]
     BadManifest { what: String, reason: String },

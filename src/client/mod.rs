@@ -23,7 +23,7 @@ pub use manifest::{Platform, PlatformError, media_types};
 pub use progress::{NoProgress, PullProgress, PushProgress};
 pub use pull::{PullOptions, PulledImage, pull};
 pub use push::{ManifestFormat, PushOptions, PushReport, push};
-pub use registry_client::{FetchedManifest, RegistryClient};
+pub use registry_client::{FetchedManifest, MountOutcome, RegistryClient, UploadTuning};
 pub use sources::BlobSources;
 
 /// How to reach a registry: transport security and where credentials live.

@@ -144,7 +144,11 @@ async fn pull_inner(
     })
 }
 
-/// Downloads one blob into the store, verified against its digest and size.
+/// Attempts per blob download before a transient error (connection drop, 5xx) is final.
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+
+/// Downloads one blob into the store, verified against its digest and size; a transient
+/// failure restarts the download into a fresh temp file.
 async fn fetch_blob(
     store: &Store,
     client: &RegistryClient,
@@ -153,26 +157,41 @@ async fn fetch_blob(
     progress: &dyn PullProgress,
 ) -> Result<u64, RegistryError> {
     progress.blob_started(&blob.digest, blob.size);
-    let mut writer = store.blob_writer()?;
-    let size = client
-        .download_blob(
-            repository,
-            &blob.digest,
-            Some(blob.size),
-            &mut writer,
-            &mut |done| progress.blob_progress(&blob.digest, done, blob.size),
-        )
-        .await?;
-    writer.commit(Some(&blob.digest)).map_err(|e| match e {
-        crate::store::StoreError::DigestMismatch { expected, actual } => {
-            RegistryError::DigestMismatch {
-                what: format!("blob {expected}"),
-                expected,
-                actual,
+    let mut attempt = 0;
+    let size = loop {
+        attempt += 1;
+        let mut writer = store.blob_writer()?;
+        let downloaded = client
+            .download_blob(
+                repository,
+                &blob.digest,
+                Some(blob.size),
+                &mut writer,
+                &mut |done| progress.blob_progress(&blob.digest, done, blob.size),
+            )
+            .await;
+        match downloaded {
+            Ok(size) => {
+                writer.commit(Some(&blob.digest)).map_err(|e| match e {
+                    crate::store::StoreError::DigestMismatch { expected, actual } => {
+                        RegistryError::DigestMismatch {
+                            what: format!("blob {expected}"),
+                            expected,
+                            actual,
+                        }
+                    }
+                    other => RegistryError::Store(other),
+                })?;
+                break size;
             }
+            Err(e) if e.is_transient() && attempt < DOWNLOAD_ATTEMPTS => {
+                tracing::warn!("download of {} failed ({e}); retrying", blob.digest);
+                tokio::time::sleep(std::time::Duration::from_millis(300 * u64::from(attempt)))
+                    .await;
+            }
+            Err(e) => return Err(e),
         }
-        other => RegistryError::Store(other),
-    })?;
+    };
     progress.blob_finished(&blob.digest, blob.size);
     Ok(size)
 }

@@ -52,7 +52,7 @@ impl Default for PushOptions {
 }
 
 /// What a push did. Layer counts exclude config blobs; `bytes_pushed` includes them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushReport {
     pub layers_total: usize,
     /// Layers uploaded by this push.
@@ -65,7 +65,18 @@ pub struct PushReport {
     /// Config blobs uploaded (0 when the registry had or mounted them).
     pub configs_pushed: usize,
     /// Digest of the top-level manifest as pushed (after any format conversion).
-    pub manifest_digest: Option<Digest>,
+    pub manifest_digest: Digest,
+}
+
+/// Per-blob tallies gathered while pushing, before the manifest digest is known.
+#[derive(Default)]
+struct Tally {
+    layers_total: usize,
+    layers_pushed: usize,
+    bytes_pushed: u64,
+    layers_present: usize,
+    layers_mounted: Vec<(Digest, String)>,
+    configs_pushed: usize,
 }
 
 impl fmt::Display for PushReport {
@@ -140,7 +151,7 @@ struct Pusher<'a> {
     dest: &'a Reference,
     opts: &'a PushOptions,
     progress: &'a dyn PushProgress,
-    report: PushReport,
+    tally: Tally,
     /// Blobs confirmed in the destination repository, for blob-sources.
     confirmed: Vec<Digest>,
 }
@@ -172,7 +183,7 @@ async fn push_inner(
         dest,
         opts,
         progress,
-        report: PushReport::default(),
+        tally: Tally::default(),
         confirmed: Vec::new(),
     };
     let pushed = pusher
@@ -182,14 +193,22 @@ async fn push_inner(
             &dest.tag_or_digest(),
         )
         .await?;
-    pusher.report.manifest_digest = Some(pushed.digest);
     {
         let _lock = store.lock()?;
         pusher
             .sources
             .record(&dest.registry, &dest.repository, pusher.confirmed.iter())?;
     }
-    Ok(pusher.report)
+    let tally = pusher.tally;
+    Ok(PushReport {
+        layers_total: tally.layers_total,
+        layers_pushed: tally.layers_pushed,
+        bytes_pushed: tally.bytes_pushed,
+        layers_present: tally.layers_present,
+        layers_mounted: tally.layers_mounted,
+        configs_pushed: tally.configs_pushed,
+        manifest_digest: pushed.digest,
+    })
 }
 
 /// The `mediaType` recorded inside a stored manifest.
@@ -291,25 +310,25 @@ impl Pusher<'_> {
             let outcome = outcome?;
             let is_layer = position > 0;
             if is_layer {
-                self.report.layers_total += 1;
+                self.tally.layers_total += 1;
             }
             match outcome {
                 BlobOutcome::Present => {
                     if is_layer {
-                        self.report.layers_present += 1;
+                        self.tally.layers_present += 1;
                     }
                 }
                 BlobOutcome::Mounted(from) => {
                     if is_layer {
-                        self.report.layers_mounted.push((blob.digest.clone(), from));
+                        self.tally.layers_mounted.push((blob.digest.clone(), from));
                     }
                 }
                 BlobOutcome::Uploaded(bytes) => {
-                    self.report.bytes_pushed += bytes;
+                    self.tally.bytes_pushed += bytes;
                     if is_layer {
-                        self.report.layers_pushed += 1;
+                        self.tally.layers_pushed += 1;
                     } else {
-                        self.report.configs_pushed += 1;
+                        self.tally.configs_pushed += 1;
                     }
                 }
             }
@@ -428,15 +447,24 @@ mod tests {
             layers_present: 3,
             layers_mounted: vec![(Digest::sha256_of(b"x"), "base/debian".to_string())],
             configs_pushed: 1,
-            manifest_digest: None,
+            manifest_digest: Digest::sha256_of(b"m"),
         };
         assert_eq!(
             report.to_string(),
             "pushed 2 of 6 layers (45.1 MB), 3 already present, 1 mounted from base/debian"
         );
+        let nothing_new = PushReport {
+            layers_total: 1,
+            layers_pushed: 0,
+            bytes_pushed: 0,
+            layers_present: 1,
+            layers_mounted: Vec::new(),
+            configs_pushed: 0,
+            manifest_digest: Digest::sha256_of(b"m"),
+        };
         assert_eq!(
-            PushReport::default().to_string(),
-            "pushed 0 of 0 layers (0 B)"
+            nothing_new.to_string(),
+            "pushed 0 of 1 layers (0 B), 1 already present"
         );
     }
 

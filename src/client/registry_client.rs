@@ -53,8 +53,10 @@ pub struct UploadTuning {
 impl Default for UploadTuning {
     fn default() -> Self {
         UploadTuning {
-            monolithic_max: 32 * 1024 * 1024,
-            chunk_size: 64 * 1024 * 1024,
+            // Small enough that progress advances and a failure costs little; large enough
+            // that round trips do not dominate.
+            monolithic_max: 8 * 1024 * 1024,
+            chunk_size: 16 * 1024 * 1024,
         }
     }
 }
@@ -233,9 +235,15 @@ impl RegistryClient {
     pub async fn verify_login(&self) -> Result<(), RegistryError> {
         let url = self.url("/v2/")?;
         let response = self.send("", || Ok(self.http.get(url.clone()))).await?;
-        self.check(response, "GET /v2/", "the API endpoint /v2/")
-            .await?;
-        Ok(())
+        match self
+            .check(response, "GET /v2/", "the API endpoint /v2/")
+            .await
+        {
+            Err(RegistryError::Unauthorized { registry, .. }) => {
+                Err(RegistryError::CredentialsRejected { registry })
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Fetches a manifest or index by tag or digest and verifies its digest: against
@@ -339,13 +347,13 @@ impl RegistryClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| RegistryError::transport(&self.registry, &e))?;
             received += chunk.len() as u64;
-            if expected_size.is_some_and(|size| received > size) {
-                return Err(RegistryError::BadManifest {
+            if let Some(size) = expected_size
+                && received > size
+            {
+                return Err(RegistryError::SizeMismatch {
                     what,
-                    reason: format!(
-                        "the registry sent more than the {} bytes the manifest declares",
-                        expected_size.unwrap_or_default()
-                    ),
+                    expected: size,
+                    actual: format!("more than {size}"),
                 });
             }
             hasher.update(&chunk);
@@ -368,9 +376,10 @@ impl RegistryClient {
         if let Some(size) = expected_size
             && size != received
         {
-            return Err(RegistryError::BadManifest {
+            return Err(RegistryError::SizeMismatch {
                 what,
-                reason: format!("the registry sent {received} bytes, the manifest declares {size}"),
+                expected: size,
+                actual: received.to_string(),
             });
         }
         Ok(received)
@@ -732,7 +741,8 @@ async fn error_detail(response: Response) -> String {
                 .iter()
                 .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
                 .collect();
-            format!(": {}", items.join("; "))
+            // Keep error messages on one line whatever the registry sent.
+            format!(": {}", items.join("; ").replace(['\n', '\r'], " "))
         }
         _ => String::new(),
     }
