@@ -10,8 +10,19 @@ use std::path::Path;
 
 /// Config fields `docker inspect` shows that a Dockerfile controls.
 const CONFIG_FIELDS: &[&str] = &[
-    "User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels",
-    "StopSignal", "Healthcheck", "OnBuild", "Shell", "ArgsEscaped",
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+    "ArgsEscaped",
 ];
 
 fn inspect_config(image: &str) -> Value {
@@ -52,14 +63,7 @@ fn assert_same_config(ours: &str, reference: &str) {
 fn build_and_load(root: &Path, context: &Path, name: &str, extra: &[&str]) -> String {
     let archive = root.join("out.tar");
     let tag = format!("{name}:imgbuild");
-    let mut args = vec![
-        "build",
-        "--progress",
-        "plain",
-        "-t",
-        &tag,
-        "--output",
-    ];
+    let mut args = vec!["build", "--progress", "plain", "-t", &tag, "--output"];
     let output = format!("type=docker,dest={}", archive.display());
     args.push(&output);
     args.extend_from_slice(extra);
@@ -124,11 +128,19 @@ fn scratch_image_runs_in_docker_and_matches_docker_build() {
     let dir = temp_dir();
     let context = dir.path().join("ctx");
     std::fs::create_dir(&context).unwrap();
-    write_files(&context, &[("Dockerfile", ALL_CONFIG_DOCKERFILE), ("a.txt", "hi\n")]);
+    write_files(
+        &context,
+        &[("Dockerfile", ALL_CONFIG_DOCKERFILE), ("a.txt", "hi\n")],
+    );
     copy_busybox(&context);
     let name = unique_name("imgbuild-allconfig");
 
-    let ours = build_and_load(dir.path(), &context, &name, &["--build-arg", "GREETING=hey"]);
+    let ours = build_and_load(
+        dir.path(),
+        &context,
+        &name,
+        &["--build-arg", "GREETING=hey"],
+    );
     let out = docker_run(&ours, &[]);
     assert_eq!(out, "hi\n1 hey 1-x\n1000\n");
 
@@ -136,8 +148,21 @@ fn scratch_image_runs_in_docker_and_matches_docker_build() {
     assert_same_config(&ours, &reference);
     let stat = |image: &str| {
         docker(&[
-            "run", "--rm", "--network", "none", "--entrypoint", "/bin/busybox", image, "stat", "-c",
-            "%n %a %u %g %F", "/app", "/app/a.txt", "/work", "/work/sub", "/bin/busybox",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/bin/busybox",
+            image,
+            "stat",
+            "-c",
+            "%n %a %u %g %F",
+            "/app",
+            "/app/a.txt",
+            "/work",
+            "/work/sub",
+            "/bin/busybox",
         ])
     };
     let stat_ours = stat(&ours);
@@ -193,7 +218,11 @@ fn multi_stage_copy_from_stage_and_image_runs_in_docker() {
     );
     write_files(
         &context,
-        &[("Dockerfile", &dockerfile), ("a.txt", "A\n"), ("b.txt", "B\n")],
+        &[
+            ("Dockerfile", &dockerfile),
+            ("a.txt", "A\n"),
+            ("b.txt", "B\n"),
+        ],
     );
     let name = unique_name("imgbuild-multistage");
     let ours = build_and_load(dir.path(), &context, &name, &["--target", "final"]);

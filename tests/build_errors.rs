@@ -19,8 +19,14 @@ fn assert_build_fails(files: &[(&str, &str)], args: &[&str], expected: &[&str]) 
     let root = dir.path().join("root");
     let good = dir.path().join("good");
     std::fs::create_dir_all(&good).unwrap();
-    write_files(&good, &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")]);
-    ok(imgbuild(&root, &["build", "-q", "-t", "good:1", good.to_str().unwrap()]));
+    write_files(
+        &good,
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")],
+    );
+    ok(imgbuild(
+        &root,
+        &["build", "-q", "-t", "good:1", good.to_str().unwrap()],
+    ));
     let before = store_state(&root);
 
     let context = dir.path().join("ctx");
@@ -37,7 +43,11 @@ fn assert_build_fails(files: &[(&str, &str)], args: &[&str], expected: &[&str]) 
             "error should mention {needle:?}; got:\n{stderr}"
         );
     }
-    assert_eq!(store_state(&root), before, "a failed build changed the store");
+    assert_eq!(
+        store_state(&root),
+        before,
+        "a failed build changed the store"
+    );
 }
 
 #[test]
@@ -66,7 +76,10 @@ fn unknown_instruction_is_named() {
 #[test]
 fn unknown_copy_from_stage_is_reported() {
     assert_build_fails(
-        &[("Dockerfile", "FROM scratch\nCOPY --from=nosuchstage /x /x\n")],
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY --from=nosuchstage /x /x\n",
+        )],
         &[],
         &["Dockerfile:2", "nosuchstage"],
     );

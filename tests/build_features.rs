@@ -18,11 +18,10 @@ fn layer_listing(root: &Path, image: &str, index: usize) -> Vec<String> {
         .as_str()
         .expect("layer digest")
         .to_string();
-    let blob = root.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let listing = run(
-        "tar",
-        &["--numeric-owner", "-tvzf", blob.to_str().unwrap()],
-    );
+    let blob = root
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let listing = run("tar", &["--numeric-owner", "-tvzf", blob.to_str().unwrap()]);
     listing
         .lines()
         .map(|line| {
@@ -49,7 +48,10 @@ fn dockerignore_hides_files_and_exceptions_bring_them_back() {
         &ctx,
         &[
             ("Dockerfile", "FROM scratch\nCOPY . /app/\n"),
-            (".dockerignore", "# comment\n*.log\n!keep.log\nbuild/\n**/*.tmp\n"),
+            (
+                ".dockerignore",
+                "# comment\n*.log\n!keep.log\nbuild/\n**/*.tmp\n",
+            ),
             ("main.rs", "fn main() {}"),
             ("debug.log", "x"),
             ("keep.log", "x"),
@@ -61,13 +63,35 @@ fn dockerignore_hides_files_and_exceptions_bring_them_back() {
     build(&root, &ctx, &["-t", "ignore:1"]);
     let names: Vec<String> = layer_listing(&root, "ignore:1", 0)
         .iter()
-        .map(|l| l.rsplit(' ').next().unwrap().trim_end_matches('/').to_string())
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .unwrap()
+                .trim_end_matches('/')
+                .to_string()
+        })
         .collect();
-    for present in ["app/main.rs", "app/keep.log", "app/src/deep/a.rs", "app/Dockerfile"] {
-        assert!(names.contains(&present.to_string()), "{present} missing: {names:?}");
+    for present in [
+        "app/main.rs",
+        "app/keep.log",
+        "app/src/deep/a.rs",
+        "app/Dockerfile",
+    ] {
+        assert!(
+            names.contains(&present.to_string()),
+            "{present} missing: {names:?}"
+        );
     }
-    for absent in ["app/debug.log", "app/build/out.o", "app/src/deep/a.tmp", "app/build"] {
-        assert!(!names.contains(&absent.to_string()), "{absent} present: {names:?}");
+    for absent in [
+        "app/debug.log",
+        "app/build/out.o",
+        "app/src/deep/a.tmp",
+        "app/build",
+    ] {
+        assert!(
+            !names.contains(&absent.to_string()),
+            "{absent} present: {names:?}"
+        );
     }
 }
 
@@ -79,7 +103,12 @@ fn add_extracts_local_archives_and_copy_does_not() {
     let payload = dir.path().join("payload");
     write_files(&payload, &[("x/one.txt", "1"), ("two.txt", "2")]);
     std::fs::create_dir_all(&ctx).unwrap();
-    for (name, flag) in [("a.tar.gz", "-z"), ("b.tar.xz", "-J"), ("c.tar.bz2", "-j"), ("d.tar", "")] {
+    for (name, flag) in [
+        ("a.tar.gz", "-z"),
+        ("b.tar.xz", "-J"),
+        ("c.tar.bz2", "-j"),
+        ("d.tar", ""),
+    ] {
         let mut args = vec!["-C", payload.to_str().unwrap(), "-c"];
         if !flag.is_empty() {
             args.push(flag);
@@ -99,8 +128,17 @@ fn add_extracts_local_archives_and_copy_does_not() {
     let all: Vec<String> = (0..4)
         .flat_map(|i| layer_listing(&root, "add:1", i))
         .collect();
-    for expected in ["gz/x/one.txt", "gz/two.txt", "xz/two.txt", "multi/x/one.txt", "copied/a.tar.gz"] {
-        assert!(all.iter().any(|l| l.ends_with(expected)), "{expected} missing: {all:?}");
+    for expected in [
+        "gz/x/one.txt",
+        "gz/two.txt",
+        "xz/two.txt",
+        "multi/x/one.txt",
+        "copied/a.tar.gz",
+    ] {
+        assert!(
+            all.iter().any(|l| l.ends_with(expected)),
+            "{expected} missing: {all:?}"
+        );
     }
 }
 
@@ -128,24 +166,60 @@ fn copy_heredoc_parents_and_exclude() {
     let all: Vec<String> = (0..4)
         .flat_map(|i| layer_listing(&root, "heredoc:1", i))
         .collect();
-    for expected in ["greeting.txt", "literal.txt", "keep/src/a/x.rs", "docs/guide.txt"] {
-        assert!(all.iter().any(|l| l.ends_with(expected)), "{expected} missing: {all:?}");
+    for expected in [
+        "greeting.txt",
+        "literal.txt",
+        "keep/src/a/x.rs",
+        "docs/guide.txt",
+    ] {
+        assert!(
+            all.iter().any(|l| l.ends_with(expected)),
+            "{expected} missing: {all:?}"
+        );
     }
-    assert!(!all.iter().any(|l| l.ends_with("README.md")), "excluded file copied: {all:?}");
-    assert!(!all.iter().any(|l| l.ends_with("y.txt")), "unmatched file copied: {all:?}");
+    assert!(
+        !all.iter().any(|l| l.ends_with("README.md")),
+        "excluded file copied: {all:?}"
+    );
+    assert!(
+        !all.iter().any(|l| l.ends_with("y.txt")),
+        "unmatched file copied: {all:?}"
+    );
 
     let out = dir.path().join("out.tar");
-    ok(imgbuild(&root, &["save", "heredoc:1", "--format", "oci", "-o", out.to_str().unwrap()]));
+    ok(imgbuild(
+        &root,
+        &[
+            "save",
+            "heredoc:1",
+            "--format",
+            "oci",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
     let extract = dir.path().join("extract");
     std::fs::create_dir(&extract).unwrap();
-    run("tar", &["-xf", out.to_str().unwrap(), "-C", extract.to_str().unwrap()]);
+    run(
+        "tar",
+        &[
+            "-xf",
+            out.to_str().unwrap(),
+            "-C",
+            extract.to_str().unwrap(),
+        ],
+    );
     let info = inspect(&root, "heredoc:1");
     let first = info["Manifest"]["layers"][0]["digest"].as_str().unwrap();
-    let blob = extract.join("blobs/sha256").join(first.trim_start_matches("sha256:"));
+    let blob = extract
+        .join("blobs/sha256")
+        .join(first.trim_start_matches("sha256:"));
     let text = run("tar", &["-xzOf", blob.to_str().unwrap(), "greeting.txt"]);
     assert_eq!(text, "hello world\n");
     let second = info["Manifest"]["layers"][1]["digest"].as_str().unwrap();
-    let blob = extract.join("blobs/sha256").join(second.trim_start_matches("sha256:"));
+    let blob = extract
+        .join("blobs/sha256")
+        .join(second.trim_start_matches("sha256:"));
     let text = run("tar", &["-xzOf", blob.to_str().unwrap(), "literal.txt"]);
     assert_eq!(text, "hello ${NAME}\n");
 }
@@ -155,21 +229,40 @@ fn onbuild_triggers_run_when_the_image_is_used_as_a_base() {
     let dir = temp_dir();
     let root = dir.path().join("root");
     let parent = dir.path().join("parent");
-    write_files(&parent, &[("Dockerfile", "FROM scratch\nONBUILD COPY trigger.txt /from-trigger.txt\n")]);
+    write_files(
+        &parent,
+        &[(
+            "Dockerfile",
+            "FROM scratch\nONBUILD COPY trigger.txt /from-trigger.txt\n",
+        )],
+    );
     build(&root, &parent, &["-t", "onbuild-parent:1"]);
     let config = inspect(&root, "onbuild-parent:1");
-    assert_eq!(config["Config"]["config"]["OnBuild"][0], "COPY trigger.txt /from-trigger.txt");
+    assert_eq!(
+        config["Config"]["config"]["OnBuild"][0],
+        "COPY trigger.txt /from-trigger.txt"
+    );
 
     let child = dir.path().join("child");
     write_files(
         &child,
-        &[("Dockerfile", "FROM onbuild-parent:1\n"), ("trigger.txt", "t")],
+        &[
+            ("Dockerfile", "FROM onbuild-parent:1\n"),
+            ("trigger.txt", "t"),
+        ],
     );
     build(&root, &child, &["-t", "onbuild-child:1"]);
     let listing = layer_listing(&root, "onbuild-child:1", 0);
-    assert!(listing.iter().any(|l| l.ends_with("from-trigger.txt")), "{listing:?}");
+    assert!(
+        listing.iter().any(|l| l.ends_with("from-trigger.txt")),
+        "{listing:?}"
+    );
     let config = inspect(&root, "onbuild-child:1");
-    assert!(config["Config"]["config"].get("OnBuild").is_none_or(|v| v.is_null()));
+    assert!(
+        config["Config"]["config"]
+            .get("OnBuild")
+            .is_none_or(|v| v.is_null())
+    );
 }
 
 #[test]
@@ -179,7 +272,10 @@ fn source_date_epoch_makes_builds_reproducible_across_fresh_stores() {
     write_files(
         &ctx,
         &[
-            ("Dockerfile", "FROM scratch\nCOPY . /app/\nENV X=1\nWORKDIR /app/w\nLABEL a=b\n"),
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY . /app/\nENV X=1\nWORKDIR /app/w\nLABEL a=b\n",
+            ),
             ("a.txt", "a"),
             ("dir/b.txt", "b"),
         ],
@@ -205,24 +301,43 @@ fn image_commands_tag_inspect_rmi_save_and_iidfile() {
     let dir = temp_dir();
     let root = dir.path().join("root");
     let ctx = dir.path().join("ctx");
-    write_files(&ctx, &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")]);
+    write_files(
+        &ctx,
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")],
+    );
     let iidfile = dir.path().join("iid");
     let oci = dir.path().join("image-oci.tar");
     let oci_output = format!("type=oci,dest={}", oci.display());
     let digest = build(
         &root,
         &ctx,
-        &["-t", "cmds:1", "--iidfile", iidfile.to_str().unwrap(), "--output", &oci_output],
+        &[
+            "-t",
+            "cmds:1",
+            "--iidfile",
+            iidfile.to_str().unwrap(),
+            "--output",
+            &oci_output,
+        ],
     );
     assert_eq!(std::fs::read_to_string(&iidfile).unwrap(), digest);
-    ok(imgbuild(&root, &["tag", "cmds:1", "127.0.0.1:5000/team/cmds:2"]));
+    ok(imgbuild(
+        &root,
+        &["tag", "cmds:1", "127.0.0.1:5000/team/cmds:2"],
+    ));
     let images = ok(imgbuild(&root, &["images"]));
-    assert!(images.contains("cmds") && images.contains("127.0.0.1:5000/team/cmds"), "{images}");
+    assert!(
+        images.contains("cmds") && images.contains("127.0.0.1:5000/team/cmds"),
+        "{images}"
+    );
     let info = inspect(&root, "127.0.0.1:5000/team/cmds:2");
     assert_eq!(info["Digest"], digest);
     assert_eq!(inspect(&root, &digest[7..19])["Digest"], digest);
 
-    let skopeo = run("skopeo", &["inspect", &format!("oci-archive:{}", oci.display())]);
+    let skopeo = run(
+        "skopeo",
+        &["inspect", &format!("oci-archive:{}", oci.display())],
+    );
     let skopeo: Value = serde_json::from_str(&skopeo).unwrap();
     assert_eq!(skopeo["Digest"], digest);
 
@@ -242,7 +357,13 @@ fn pull_fetches_a_base_image_once() {
     assert_eq!(first, second);
     assert_eq!(blobs_after_first, tree_listing(&root.join("blobs")));
     let ctx = dir.path().join("ctx");
-    write_files(&ctx, &[("Dockerfile", &format!("FROM {base}\nCOPY f /f\n")), ("f", "x")]);
+    write_files(
+        &ctx,
+        &[
+            ("Dockerfile", &format!("FROM {base}\nCOPY f /f\n")),
+            ("f", "x"),
+        ],
+    );
     build(&root, &ctx, &["-t", "on-base:1"]);
     let info = inspect(&root, "on-base:1");
     assert_eq!(info["Manifest"]["layers"].as_array().unwrap().len(), 2);

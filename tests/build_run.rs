@@ -8,7 +8,11 @@ use std::path::Path;
 
 /// Builds a Dockerfile (in `files`) whose first line is `ARG BASE`, with the busybox base,
 /// loads it into Docker, and returns the context dir and the image tag.
-fn build_loaded(root: &Path, files: &[(&str, &str)], extra: &[&str]) -> (tempfile::TempDir, String) {
+fn build_loaded(
+    root: &Path,
+    files: &[(&str, &str)],
+    extra: &[&str],
+) -> (tempfile::TempDir, String) {
     let dir = temp_dir();
     let context = dir.path().join("ctx");
     write_files(&context, files);
@@ -18,7 +22,15 @@ fn build_loaded(root: &Path, files: &[(&str, &str)], extra: &[&str]) -> (tempfil
     let output = format!("type=docker,dest={}", archive.display());
     let build_arg = format!("BASE={}", base_image());
     let mut args = vec![
-        "build", "--progress", "plain", "-t", &tag, "--output", &output, "--build-arg", &build_arg,
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        &tag,
+        "--output",
+        &output,
+        "--build-arg",
+        &build_arg,
     ];
     args.extend_from_slice(extra);
     let context_text = context.to_str().unwrap().to_string();
@@ -29,7 +41,16 @@ fn build_loaded(root: &Path, files: &[(&str, &str)], extra: &[&str]) -> (tempfil
 }
 
 fn run_in(image: &str, script: &str) -> String {
-    docker(&["run", "--rm", "--network", "none", image, "sh", "-c", script])
+    docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        script,
+    ])
 }
 
 fn remove_image(image: &str) {
@@ -58,10 +79,22 @@ fn run_changes_become_layers_docker_sees() {
         "cat /data/keep; ls /data/sub; test -e /gone-dir || echo gone-dir-absent; \
          test -e /bin/vi || echo vi-absent; test -d /turns-into-dir && echo is-dir; cat /turns-into-file",
     );
-    assert_eq!(out, "changed\nnew\ngone-dir-absent\nvi-absent\nis-dir\nnow-file\n");
-    let history = docker(&["history", "--no-trunc", "--format", "{{.Size}} {{.CreatedBy}}", &image]);
+    assert_eq!(
+        out,
+        "changed\nnew\ngone-dir-absent\nvi-absent\nis-dir\nnow-file\n"
+    );
+    let history = docker(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.Size}} {{.CreatedBy}}",
+        &image,
+    ]);
     let last = history.lines().next().unwrap();
-    assert!(last.starts_with("0B") && last.contains("RUN /bin/sh -c true"), "{history}");
+    assert!(
+        last.starts_with("0B") && last.contains("RUN /bin/sh -c true"),
+        "{history}"
+    );
     remove_image(&image);
 }
 
@@ -124,7 +157,10 @@ fn run_mounts_cache_bind_tmpfs_secret_never_reach_the_layer() {
     let secret_flag = format!("id=token,src={}", secret.display());
     let (_ctx, image) = build_loaded(
         &root,
-        &[("Dockerfile", MOUNTS_DOCKERFILE), ("ctx.txt", "context-file\n")],
+        &[
+            ("Dockerfile", MOUNTS_DOCKERFILE),
+            ("ctx.txt", "context-file\n"),
+        ],
         &["--secret", &secret_flag],
     );
     let out = run_in(
@@ -155,7 +191,14 @@ fn failing_run_reports_and_leaves_no_mount_or_container() {
     let build_arg = format!("BASE={}", base_image());
     let stderr = fails(imgbuild(
         &root,
-        &["build", "-t", "failing:1", "--build-arg", &build_arg, context.to_str().unwrap()],
+        &[
+            "build",
+            "-t",
+            "failing:1",
+            "--build-arg",
+            &build_arg,
+            context.to_str().unwrap(),
+        ],
     ));
     assert!(stderr.contains("exit code: 3"), "{stderr}");
     assert!(stderr.contains("oops"), "{stderr}");
@@ -166,7 +209,10 @@ fn failing_run_reports_and_leaves_no_mount_or_container() {
         "mount left behind: {mounts}"
     );
     let containers = run("runc", &["list", "-q"]);
-    assert!(containers.trim().is_empty(), "container left behind: {containers}");
+    assert!(
+        containers.trim().is_empty(),
+        "container left behind: {containers}"
+    );
     fails(imgbuild(&root, &["inspect", "failing:1"]));
 }
 
@@ -201,7 +247,16 @@ fn run_results_match_docker_build() {
     let reference = format!("{}-bk:1", unique_name("imgbuild-run"));
     let build_arg = format!("BASE={}", base_image());
     let output = std::process::Command::new("/usr/bin/docker")
-        .args(["build", "--network", "host", "-q", "-t", &reference, "--build-arg", &build_arg])
+        .args([
+            "build",
+            "--network",
+            "host",
+            "-q",
+            "-t",
+            &reference,
+            "--build-arg",
+            &build_arg,
+        ])
         .arg(ctx.path().join("ctx"))
         .env("DOCKER_BUILDKIT", "1")
         .output()
@@ -210,7 +265,12 @@ fn run_results_match_docker_build() {
     let probe = "stat -c '%n %a %u %g %F' /srv/app /srv/app/a /srv/app/link; test -e /bin/ping || echo no-ping";
     assert_eq!(run_in(&ours, probe), run_in(&reference, probe));
     let config = |image: &str| {
-        docker(&["inspect", "--format", "{{json .Config.Env}} {{json .Config.Cmd}}", image])
+        docker(&[
+            "inspect",
+            "--format",
+            "{{json .Config.Env}} {{json .Config.Cmd}}",
+            image,
+        ])
     };
     assert_eq!(config(&ours), config(&reference));
     remove_image(&ours);

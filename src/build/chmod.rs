@@ -16,7 +16,9 @@ pub struct Clause {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid --chmod value {0:?}: expected an octal mode like 0755 or a symbolic mode like u+x,g-w")]
+#[error(
+    "invalid --chmod value {0:?}: expected an octal mode like 0755 or a symbolic mode like u+x,g-w"
+)]
 pub struct ChmodError(pub String);
 
 impl Chmod {
@@ -105,7 +107,10 @@ mod tests {
         assert_eq!(Chmod::parse("a=r").unwrap().apply(0o755, false), 0o444);
         assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, true), 0o755);
         assert_eq!(Chmod::parse("a+X").unwrap().apply(0o644, false), 0o644);
-        assert_eq!(Chmod::parse("u=rwx,g=rx,o=").unwrap().apply(0, false), 0o750);
+        assert_eq!(
+            Chmod::parse("u=rwx,g=rx,o=").unwrap().apply(0, false),
+            0o750
+        );
         assert!(Chmod::parse("q+x").is_err());
         assert!(Chmod::parse("u+z").is_err());
     }

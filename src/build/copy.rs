@@ -88,8 +88,9 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
                         parents: false,
                         ..Default::default()
                     };
-                    let extracted = context::plan_copy(&extract_dir, &[".".to_string()], &into, "/", &options)
-                        .map_err(|e| e.to_string())?;
+                    let extracted =
+                        context::plan_copy(&extract_dir, &[".".to_string()], &into, "/", &options)
+                            .map_err(|e| e.to_string())?;
                     add_items(&job, &extracted, true, &mut entries)?;
                 }
                 None => local_sources.push(source.clone()),
@@ -141,14 +142,20 @@ fn has_glob(source: &str) -> bool {
     source.contains(['*', '?', '['])
 }
 
-fn plan(job: &CopyJob<'_>, sources: &[String], dest: &str, parents: bool) -> Result<Vec<CopyItem>, String> {
+fn plan(
+    job: &CopyJob<'_>,
+    sources: &[String],
+    dest: &str,
+    parents: bool,
+) -> Result<Vec<CopyItem>, String> {
     let options = CopyOptions {
         ignore: job.ignore,
         excludes: job.excludes,
         parents,
         ..Default::default()
     };
-    context::plan_copy(job.source_root, sources, dest, job.workdir, &options).map_err(|e| e.to_string())
+    context::plan_copy(job.source_root, sources, dest, job.workdir, &options)
+        .map_err(|e| e.to_string())
 }
 
 /// Turns planned items into entries: ownership, chmod, symlink targets, hard links, xattrs.
@@ -192,10 +199,7 @@ fn add_items(
             EntryKind::Fifo
         } else if file_type.is_char_device() || file_type.is_block_device() {
             let rdev = meta.rdev();
-            let (major, minor) = (
-                rustix::fs::major(rdev),
-                rustix::fs::minor(rdev),
-            );
+            let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
             if file_type.is_char_device() {
                 EntryKind::CharDevice { major, minor }
             } else {
@@ -304,7 +308,10 @@ fn download(
     let runtime = job
         .runtime
         .ok_or_else(|| "internal error: no async runtime for ADD URL".to_string())?;
-    let file_path = scratch.join(format!("download-{}", Digest::sha256_of(url.as_bytes()).short()));
+    let file_path = scratch.join(format!(
+        "download-{}",
+        Digest::sha256_of(url.as_bytes()).short()
+    ));
     let (digest, size, mtime) = runtime.block_on(fetch_url(
         url,
         &file_path,
@@ -342,7 +349,9 @@ fn download(
 /// The file name Docker gives a downloaded URL: the last path segment.
 fn url_file_name(url: &str) -> String {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    let after_scheme = without_query.split_once("://").map_or(without_query, |(_, r)| r);
+    let after_scheme = without_query
+        .split_once("://")
+        .map_or(without_query, |(_, r)| r);
     match after_scheme.split_once('/') {
         Some((_, path)) => path
             .rsplit('/')
@@ -387,7 +396,10 @@ async fn fetch_url(
 
 fn httpdate_to_secs(text: &str) -> Option<u64> {
     httpdate::parse_http_date(text)
-        .ok()?.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -396,8 +408,14 @@ mod tests {
 
     #[test]
     fn url_file_names_follow_docker() {
-        assert_eq!(url_file_name("http://127.0.0.1:8000/dir/file.txt"), "file.txt");
-        assert_eq!(url_file_name("http://127.0.0.1:8000/dir/file.txt?x=1"), "file.txt");
+        assert_eq!(
+            url_file_name("http://127.0.0.1:8000/dir/file.txt"),
+            "file.txt"
+        );
+        assert_eq!(
+            url_file_name("http://127.0.0.1:8000/dir/file.txt?x=1"),
+            "file.txt"
+        );
         assert_eq!(url_file_name("http://127.0.0.1:8000/"), "__unnamed__");
         assert_eq!(url_file_name("http://127.0.0.1:8000"), "__unnamed__");
     }

@@ -209,12 +209,11 @@ pub fn build(
         .dockerfile
         .clone()
         .unwrap_or_else(|| opts.context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile_path).map_err(|source| {
-        BuildError::ReadDockerfile {
+    let text =
+        std::fs::read_to_string(&dockerfile_path).map_err(|source| BuildError::ReadDockerfile {
             path: dockerfile_path.clone(),
             source,
-        }
-    })?;
+        })?;
     let label = dockerfile_label(&dockerfile_path);
     let parsed = dockerfile::parse(&text, &label)?;
     let ignore = dockerfile::ignore::load_for_build(&opts.context, &dockerfile_path)?;

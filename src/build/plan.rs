@@ -41,16 +41,17 @@ impl Plan {
         let lexer = Lexer::new(dockerfile.escape);
         let mut global_args = platform.predefined_args();
         for arg in &dockerfile.global_args {
-            let value = match (opts.build_args.get(&arg.name), &arg.default) {
-                (Some(value), _) => Some(value.clone()),
-                (None, Some(default)) => {
-                    let lookup = |name: &str| global_args.get(name).cloned();
-                    Some(lexer.process_word(default, &lookup).map_err(|e| {
-                        BuildError::step(&dockerfile.stages[0].location, "ARG", e)
-                    })?)
-                }
-                (None, None) => None,
-            };
+            let value =
+                match (opts.build_args.get(&arg.name), &arg.default) {
+                    (Some(value), _) => Some(value.clone()),
+                    (None, Some(default)) => {
+                        let lookup = |name: &str| global_args.get(name).cloned();
+                        Some(lexer.process_word(default, &lookup).map_err(|e| {
+                            BuildError::step(&dockerfile.stages[0].location, "ARG", e)
+                        })?)
+                    }
+                    (None, None) => None,
+                };
             if let Some(value) = value {
                 global_args.insert(arg.name.clone(), value);
             }
@@ -128,7 +129,9 @@ impl Plan {
         for located in &dockerfile.stages[index].instructions {
             let fail = |e: String| BuildError::step(&located.location, &located.source_text, e);
             let froms: Vec<String> = match &located.instruction {
-                Instruction::Copy(copy) | Instruction::Add(copy) => copy.from.iter().cloned().collect(),
+                Instruction::Copy(copy) | Instruction::Add(copy) => {
+                    copy.from.iter().cloned().collect()
+                }
                 Instruction::Run(run) => run
                     .mounts
                     .iter()
@@ -140,7 +143,9 @@ impl Plan {
                 _ => continue,
             };
             for from in froms {
-                if let CopyFrom::Stage(dep) = self.resolve_from(dockerfile, index, &from).map_err(fail)? {
+                if let CopyFrom::Stage(dep) =
+                    self.resolve_from(dockerfile, index, &from).map_err(fail)?
+                {
                     self.visit(dockerfile, dep, visiting)?;
                 }
             }
@@ -173,7 +178,9 @@ impl Plan {
     ) -> Result<CopyFrom, String> {
         let lexer = Lexer::new(dockerfile.escape);
         let lookup = |name: &str| self.global_args.get(name).cloned();
-        let from = lexer.process_word(from, &lookup).map_err(|e| e.to_string())?;
+        let from = lexer
+            .process_word(from, &lookup)
+            .map_err(|e| e.to_string())?;
         if let Ok(number) = from.parse::<usize>() {
             if number >= stage_index {
                 return Err(format!(

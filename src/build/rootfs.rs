@@ -46,9 +46,8 @@ impl RootfsManager {
                 source,
             })?;
         Ok(RootfsManager {
-            snapshots: Snapshots::open(&store.root().join("snapshots")).map_err(|e| {
-                BuildError::Snapshot(e.to_string())
-            })?,
+            snapshots: Snapshots::open(&store.root().join("snapshots"))
+                .map_err(|e| BuildError::Snapshot(e.to_string()))?,
             scratch,
         })
     }
@@ -84,7 +83,11 @@ impl RootfsManager {
     }
 
     /// The snapshot directory of each layer, top-most first, unpacking those not yet unpacked.
-    pub fn snapshot_dirs(&self, store: &Store, layers: &[LayerInfo]) -> Result<Vec<PathBuf>, String> {
+    pub fn snapshot_dirs(
+        &self,
+        store: &Store,
+        layers: &[LayerInfo],
+    ) -> Result<Vec<PathBuf>, String> {
         let mut dirs = Vec::with_capacity(layers.len());
         let mut parent: Option<crate::digest::Digest> = None;
         for layer in layers {
@@ -92,12 +95,16 @@ impl RootfsManager {
             let digest = layer.digest.clone();
             let dir = self
                 .snapshots
-                .ensure(&chain_id, parent.as_ref(), |dest: &Path| -> Result<(), String> {
-                    let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
-                    layer::unpack(std::io::BufReader::new(blob), dest, UnpackMode::Overlay)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
+                .ensure(
+                    &chain_id,
+                    parent.as_ref(),
+                    |dest: &Path| -> Result<(), String> {
+                        let blob = store.open_blob(&digest).map_err(|e| e.to_string())?;
+                        layer::unpack(std::io::BufReader::new(blob), dest, UnpackMode::Overlay)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    },
+                )
                 .map_err(|e| format!("cannot unpack layer {}: {e}", layer.digest))?;
             dirs.push(dir);
             parent = Some(chain_id);
@@ -122,13 +129,17 @@ impl RootfsManager {
         let chain_id = snapshot::chain_id(parent.as_ref(), &layer.diff_id);
         let source = upper.path().to_path_buf();
         self.snapshots
-            .ensure(&chain_id, parent.as_ref(), |dest: &Path| -> Result<(), std::io::Error> {
-                for entry in std::fs::read_dir(&source)? {
-                    let entry = entry?;
-                    std::fs::rename(entry.path(), dest.join(entry.file_name()))?;
-                }
-                Ok(())
-            })
+            .ensure(
+                &chain_id,
+                parent.as_ref(),
+                |dest: &Path| -> Result<(), std::io::Error> {
+                    for entry in std::fs::read_dir(&source)? {
+                        let entry = entry?;
+                        std::fs::rename(entry.path(), dest.join(entry.file_name()))?;
+                    }
+                    Ok(())
+                },
+            )
             .map_err(|e| format!("cannot keep the snapshot of layer {}: {e}", layer.digest))?;
         Ok(())
     }
@@ -202,12 +213,21 @@ pub(crate) fn resolve_in_root(root: &Path, relative: &str) -> Option<PathBuf> {
     let relative = relative.trim_start_matches('/');
     let relative = if relative.is_empty() { "." } else { relative };
     let fd = open_in_root(&root_fd, relative, OFlags::PATH)?;
-    std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).ok()
+    std::fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&fd)
+    ))
+    .ok()
 }
 
 /// Creates the directory `path` (absolute, in the image) and its missing parents inside
 /// `root`, never following a symlink out of the root. New directories get `uid:gid`, 0755.
-pub(crate) fn mkdir_all_in_root(root: &Path, path: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+pub(crate) fn mkdir_all_in_root(
+    root: &Path,
+    path: &str,
+    uid: u32,
+    gid: u32,
+) -> std::io::Result<()> {
     let root_fd = open_root(root).ok_or_else(|| std::io::Error::other("cannot open root"))?;
     let mut parent = String::from(".");
     for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
@@ -271,12 +291,22 @@ mod tests {
         std::fs::write(dir.path().join("secret"), "host secret").unwrap();
         std::os::unix::fs::symlink("/../../secret", root.join("escape")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
-        assert!(read_in_root(&root, "etc/passwd").unwrap().starts_with("root"));
+        assert!(
+            read_in_root(&root, "etc/passwd")
+                .unwrap()
+                .starts_with("root")
+        );
         assert!(read_in_root(&root, "etc-link/passwd").is_some());
         assert_eq!(read_in_root(&root, "escape"), None);
-        assert_eq!(missing_dirs(&root, "/etc/app/x"), vec!["etc/app", "etc/app/x"]);
+        assert_eq!(
+            missing_dirs(&root, "/etc/app/x"),
+            vec!["etc/app", "etc/app/x"]
+        );
         assert!(missing_dirs(&root, "/etc-link").is_empty());
-        assert_eq!(resolve_in_root(&root, "/etc-link/passwd"), Some(root.join("etc/passwd")));
+        assert_eq!(
+            resolve_in_root(&root, "/etc-link/passwd"),
+            Some(root.join("etc/passwd"))
+        );
         assert_eq!(resolve_in_root(&root, "escape"), None);
         std::os::unix::fs::symlink("/", root.join("to-root")).unwrap();
         mkdir_all_in_root(&root, "/to-root/made/here", 0, 0).unwrap();

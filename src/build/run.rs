@@ -123,7 +123,9 @@ impl MountSpec {
             "cache" => {
                 let target = target.ok_or_else(|| bad("target is required"))?;
                 if fields.contains_key("from") {
-                    return Err(bad("cache mounts seeded from= another stage are not supported"));
+                    return Err(bad(
+                        "cache mounts seeded from= another stage are not supported",
+                    ));
                 }
                 let sharing = match fields.get("sharing").map(String::as_str) {
                     None | Some("shared") => Sharing::Shared,
@@ -143,7 +145,10 @@ impl MountSpec {
             }
             "bind" => MountSpec::Bind {
                 target: target.ok_or_else(|| bad("target is required"))?,
-                source: fields.get("source").cloned().unwrap_or_else(|| ".".to_string()),
+                source: fields
+                    .get("source")
+                    .cloned()
+                    .unwrap_or_else(|| ".".to_string()),
                 from: fields.get("from").cloned(),
                 readwrite: flag("rw"),
             },
@@ -153,7 +158,9 @@ impl MountSpec {
             "secret" => {
                 let id = match (fields.get("id"), &target) {
                     (Some(id), _) => id.clone(),
-                    (None, Some(target)) => target.rsplit('/').next().unwrap_or_default().to_string(),
+                    (None, Some(target)) => {
+                        target.rsplit('/').next().unwrap_or_default().to_string()
+                    }
                     (None, None) => return Err(bad("secret needs id= or target=")),
                 };
                 MountSpec::Secret {
@@ -179,7 +186,10 @@ impl MountSpec {
 
 /// The argv of a RUN: exec form as written; shell form (and heredocs) through the shell,
 /// the way BuildKit does it. Returns the argv and an optional script file to mount.
-pub(crate) fn command_args(instr: &RunInstr, shell: &[String]) -> (Vec<String>, Option<(String, String)>) {
+pub(crate) fn command_args(
+    instr: &RunInstr,
+    shell: &[String],
+) -> (Vec<String>, Option<(String, String)>) {
     let line = match &instr.command {
         CommandForm::Exec(args) => return (args.clone(), None),
         CommandForm::Shell(line) => line,
@@ -214,7 +224,9 @@ pub(crate) fn parse_network(value: Option<&str>, default: Network) -> Result<Net
         None | Some("default") => Ok(default),
         Some("host") => Ok(Network::Host),
         Some("none") => Ok(Network::None),
-        Some(other) => Err(format!("invalid --network={other}: expected default, none or host")),
+        Some(other) => Err(format!(
+            "invalid --network={other}: expected default, none or host"
+        )),
     }
 }
 
@@ -243,7 +255,11 @@ pub(crate) fn run_step(
 
     let passwd = rootfs::read_in_root(&merged, "etc/passwd").unwrap_or_default();
     let group = rootfs::read_in_root(&merged, "etc/group").unwrap_or_default();
-    let user_spec = if step.user.is_empty() { "0" } else { &step.user };
+    let user_spec = if step.user.is_empty() {
+        "0"
+    } else {
+        &step.user
+    };
     let user = users::resolve_user(user_spec, &passwd, &group).map_err(|e| e.to_string())?;
     rootfs::mkdir_all_in_root(&merged, &step.workdir, user.uid, user.gid)
         .map_err(|e| format!("cannot create working directory {}: {e}", step.workdir))?;
@@ -278,7 +294,15 @@ pub(crate) fn run_step(
         });
     }
     for (index, mount) in step.mounts.iter().enumerate() {
-        add_mount(ctx, step, mount, index, scratch.path(), &mut spec, &mut guards)?;
+        add_mount(
+            ctx,
+            step,
+            mount,
+            index,
+            scratch.path(),
+            &mut spec,
+            &mut guards,
+        )?;
     }
 
     let mut tail = OutputTail::default();
@@ -372,7 +396,10 @@ fn add_mount(
                 Sharing::Private => {
                     let lock = std::fs::File::open(&dir)
                         .map_err(|e| format!("cannot open cache mount {id}: {e}"))?;
-                    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                    match rustix::fs::flock(
+                        &lock,
+                        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+                    ) {
                         Ok(()) => {
                             guards.locks.push(lock);
                             dir
@@ -406,16 +433,27 @@ fn add_mount(
                     .ok_or_else(|| format!("--mount from={name}: no such stage or image"))?,
                 None => ctx.context_dir.to_path_buf(),
             };
-            let host_source = rootfs::resolve_in_root(&root, source)
-                .ok_or_else(|| format!("--mount source {source:?} not found in {}", if from.is_some() { "the stage" } else { "the build context" }))?;
+            let host_source = rootfs::resolve_in_root(&root, source).ok_or_else(|| {
+                format!(
+                    "--mount source {source:?} not found in {}",
+                    if from.is_some() {
+                        "the stage"
+                    } else {
+                        "the build context"
+                    }
+                )
+            })?;
             let source_path = if *readwrite && host_source.is_dir() {
                 let dirs = scratch.join(format!("bind-{index}"));
-                let (upper, work, merged) = (dirs.join("upper"), dirs.join("work"), dirs.join("merged"));
+                let (upper, work, merged) =
+                    (dirs.join("upper"), dirs.join("work"), dirs.join("merged"));
                 for dir in [&upper, &work, &merged] {
-                    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
                 }
-                let overlay = OverlayMount::mount(std::slice::from_ref(&host_source), &upper, &work, &merged)
-                    .map_err(|e| format!("cannot mount {source:?} read-write: {e}"))?;
+                let overlay =
+                    OverlayMount::mount(std::slice::from_ref(&host_source), &upper, &work, &merged)
+                        .map_err(|e| format!("cannot mount {source:?} read-write: {e}"))?;
                 guards.overlays.push(overlay);
                 merged
             } else {
@@ -428,14 +466,20 @@ fn add_mount(
             });
         }
         MountSpec::Tmpfs { target } => spec.tmpfs.push(target.clone()),
-        MountSpec::Secret { id, target, required } => match ctx.secrets.get(id) {
+        MountSpec::Secret {
+            id,
+            target,
+            required,
+        } => match ctx.secrets.get(id) {
             Some(path) => spec.mounts.push(BindMount {
                 source: path.clone(),
                 destination: target.clone(),
                 readonly: true,
             }),
             None if *required => {
-                return Err(format!("secret {id} is required but was not given (--secret id={id},src=FILE)"));
+                return Err(format!(
+                    "secret {id} is required but was not given (--secret id={id},src=FILE)"
+                ));
             }
             None => {}
         },
@@ -504,15 +548,33 @@ mod tests {
         let exec = run_instr(CommandForm::Exec(vec!["echo".into(), "hi".into()]), vec![]);
         assert_eq!(command_args(&exec, &shell).0, vec!["echo", "hi"]);
         let plain = run_instr(CommandForm::Shell("echo hi".into()), vec![]);
-        assert_eq!(command_args(&plain, &shell).0, vec!["/bin/sh", "-c", "echo hi"]);
-        let sole = run_instr(CommandForm::Shell("<<EOF".into()), vec![doc("EOF", "echo a\necho b\n")]);
-        assert_eq!(command_args(&sole, &shell).0, vec!["/bin/sh", "-c", "echo a\necho b\n"]);
-        let script = run_instr(CommandForm::Shell("<<EOF".into()), vec![doc("EOF", "#!/bin/sh\necho x\n")]);
+        assert_eq!(
+            command_args(&plain, &shell).0,
+            vec!["/bin/sh", "-c", "echo hi"]
+        );
+        let sole = run_instr(
+            CommandForm::Shell("<<EOF".into()),
+            vec![doc("EOF", "echo a\necho b\n")],
+        );
+        assert_eq!(
+            command_args(&sole, &shell).0,
+            vec!["/bin/sh", "-c", "echo a\necho b\n"]
+        );
+        let script = run_instr(
+            CommandForm::Shell("<<EOF".into()),
+            vec![doc("EOF", "#!/bin/sh\necho x\n")],
+        );
         let (args, file) = command_args(&script, &shell);
         assert_eq!(args, vec!["/dev/pipes/EOF"]);
         assert_eq!(file.unwrap().0, "EOF");
-        let complex = run_instr(CommandForm::Shell("cat <<EOF > /f".into()), vec![doc("EOF", "x\n")]);
-        assert_eq!(command_args(&complex, &shell).0[2], "cat <<EOF > /f\nx\nEOF");
+        let complex = run_instr(
+            CommandForm::Shell("cat <<EOF > /f".into()),
+            vec![doc("EOF", "x\n")],
+        );
+        assert_eq!(
+            command_args(&complex, &shell).0[2],
+            "cat <<EOF > /f\nx\nEOF"
+        );
     }
 
     #[test]

@@ -6,13 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::copy::{self, CopyJob};
-use super::run::{self, MountSpec, RunContext, RunStep};
 use super::plan::{Base, CopyFrom, Plan};
 use super::rootfs::{self, Rootfs};
-use super::{BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_epoch_seconds, users};
+use super::run::{self, MountSpec, RunContext, RunStep};
+use super::{
+    BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_epoch_seconds, users,
+};
 use crate::dockerfile::{
-    self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction, RunInstr,
-    Lexer, Located, Location,
+    self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction,
+    Lexer, Located, Location, RunInstr,
 };
 use crate::image::{self, ContainerConfig, Healthcheck as HealthConfig, History, ImageConfig};
 use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
@@ -309,7 +311,9 @@ impl<'a> Executor<'a> {
                 .map_err(|e| format!("cannot start async runtime: {e}"))?;
             self.runtime = Some(runtime);
         }
-        self.runtime.as_ref().ok_or_else(|| "no async runtime".to_string())
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| "no async runtime".to_string())
     }
 
     fn expand(&self, state: &StageState, word: &str) -> Result<String, String> {
@@ -386,7 +390,12 @@ impl<'a> Executor<'a> {
                 let layer = self.workdir_layer(state, &path).map_err(fail)?;
                 let empty = layer.is_none();
                 if let Some(layer) = layer {
-                    state.image.config.rootfs.diff_ids.push(layer.diff_id.clone());
+                    state
+                        .image
+                        .config
+                        .rootfs
+                        .diff_ids
+                        .push(layer.diff_id.clone());
                     state.image.layers.push(layer);
                 }
                 self.history(state, format!("WORKDIR {path}"), empty);
@@ -469,9 +478,9 @@ impl<'a> Executor<'a> {
                         retries,
                     } => HealthConfig {
                         test: match test {
-                            CommandForm::Exec(args) => {
-                                std::iter::once("CMD".to_string()).chain(args.clone()).collect()
-                            }
+                            CommandForm::Exec(args) => std::iter::once("CMD".to_string())
+                                .chain(args.clone())
+                                .collect(),
                             CommandForm::Shell(cmd) => vec!["CMD-SHELL".to_string(), cmd.clone()],
                         },
                         interval: nanos(*interval),
@@ -494,12 +503,7 @@ impl<'a> Executor<'a> {
                 self.history(state, text, true);
             }
             Instruction::Onbuild(trigger) => {
-                state
-                    .image
-                    .config
-                    .config
-                    .on_build
-                    .push(trigger.clone());
+                state.image.config.config.on_build.push(trigger.clone());
             }
             Instruction::Maintainer(name) => {
                 state.image.config.author = Some(name.clone());
@@ -510,7 +514,12 @@ impl<'a> Executor<'a> {
                 let layer = self
                     .copy_layer(state, stage_index, copy, is_add)
                     .map_err(fail)?;
-                state.image.config.rootfs.diff_ids.push(layer.diff_id.clone());
+                state
+                    .image
+                    .config
+                    .rootfs
+                    .diff_ids
+                    .push(layer.diff_id.clone());
                 state.image.layers.push(layer);
                 let text = format!("{} # imgbuild", located.source_text.trim());
                 self.history(state, text, false);
@@ -520,7 +529,12 @@ impl<'a> Executor<'a> {
                 let created_by = format!("RUN {} # imgbuild", args.join(" "));
                 let empty = layer.is_none();
                 if let Some(layer) = layer {
-                    state.image.config.rootfs.diff_ids.push(layer.diff_id.clone());
+                    state
+                        .image
+                        .config
+                        .rootfs
+                        .diff_ids
+                        .push(layer.diff_id.clone());
                     state.image.layers.push(layer);
                 }
                 self.history(state, created_by, empty);
@@ -547,7 +561,6 @@ impl<'a> Executor<'a> {
             source_date_epoch: self.opts.source_date_epoch,
         }
     }
-
 
     /// The layer that creates a WORKDIR, or None when it already exists.
     fn workdir_layer(
@@ -632,9 +645,7 @@ impl<'a> Executor<'a> {
             None => None,
         };
 
-        let from = self
-            .plan
-            .copy_from(self.dockerfile, stage_index, copy)?;
+        let from = self.plan.copy_from(self.dockerfile, stage_index, copy)?;
         let source_image = match &from {
             None => None,
             Some(CopyFrom::Stage(index)) => Some(
@@ -723,7 +734,10 @@ impl<'a> Executor<'a> {
         let mut env = state.image.config.config.env.clone();
         for (key, value) in &state.args {
             let Some(value) = value else { continue };
-            if !env.iter().any(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str())) {
+            if !env
+                .iter()
+                .any(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str()))
+            {
                 env.push(format!("{key}={value}"));
             }
         }
@@ -847,8 +861,12 @@ fn nanos(value: Option<u64>) -> i64 {
 /// The OCI media type for a layer media type (Docker's schema2 types map to their twins).
 fn oci_layer_media_type(media_type: &str) -> String {
     match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => layer::MEDIA_TYPE_TAR_GZIP.to_string(),
-        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar".to_string(),
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            layer::MEDIA_TYPE_TAR_GZIP.to_string()
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => {
+            "application/vnd.oci.image.layer.v1.tar".to_string()
+        }
         other => other.to_string(),
     }
 }

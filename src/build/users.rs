@@ -147,7 +147,10 @@ mod tests {
     #[test]
     fn resolves_names_numbers_and_groups() {
         let app = resolve_user("app", PASSWD, GROUP).unwrap();
-        assert_eq!((app.uid, app.gid, app.home.as_str()), (1000, 1001, "/home/app"));
+        assert_eq!(
+            (app.uid, app.gid, app.home.as_str()),
+            (1000, 1001, "/home/app")
+        );
         assert_eq!(app.additional_gids, vec![50]);
         let numeric = resolve_user("4242", "", "").unwrap();
         assert_eq!((numeric.uid, numeric.gid), (4242, 0));
@@ -167,7 +170,10 @@ mod tests {
     fn chown_defaults_group_like_docker() {
         assert_eq!(resolve_chown("app", PASSWD, GROUP).unwrap(), (1000, 1001));
         assert_eq!(resolve_chown("55", "", "").unwrap(), (55, 55));
-        assert_eq!(resolve_chown("app:staff", PASSWD, GROUP).unwrap(), (1000, 50));
+        assert_eq!(
+            resolve_chown("app:staff", PASSWD, GROUP).unwrap(),
+            (1000, 50)
+        );
         assert!(resolve_chown("ghost", PASSWD, GROUP).is_err());
     }
 }

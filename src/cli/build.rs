@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 
+use super::archive::{self, ArchiveFormat};
 use super::progress::{PlainProgress, ProgressMode};
 use crate::build::{self, BuildOptions};
-use super::archive::{self, ArchiveFormat};
 use crate::layer::Compression;
 use crate::reference::Reference;
 use crate::store::Store;
@@ -63,6 +63,9 @@ pub struct BuildArgs {
     /// A secret RUN can mount: `id=ID,src=FILE` (or `id=ID,env=VAR`); may be repeated.
     #[arg(long = "secret")]
     pub secrets: Vec<String>,
+    /// Push the image to its registry after building (every -t name).
+    #[arg(long)]
+    pub push: bool,
     /// OCI runtime for RUN steps (path or name, e.g. runc) [default: the first of crun, runc that works].
     #[arg(long)]
     pub runtime: Option<PathBuf>,
@@ -70,7 +73,10 @@ pub struct BuildArgs {
 
 /// Parses `--secret id=ID,src=FILE` / `id=ID,env=VAR` (env secrets are written to a private
 /// temp file that lives as long as `keep`).
-fn parse_secret(text: &str, keep: &mut Vec<tempfile::NamedTempFile>) -> anyhow::Result<(String, PathBuf)> {
+fn parse_secret(
+    text: &str,
+    keep: &mut Vec<tempfile::NamedTempFile>,
+) -> anyhow::Result<(String, PathBuf)> {
     let mut id = None;
     let mut src = None;
     let mut env = None;
@@ -108,7 +114,10 @@ fn parse_secret(text: &str, keep: &mut Vec<tempfile::NamedTempFile>) -> anyhow::
 /// On Ctrl-C, kill running RUN containers and stop the build (it then cleans up and fails).
 fn stop_build_on_interrupt() {
     std::thread::spawn(|| {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
             return;
         };
         runtime.block_on(async {
@@ -146,7 +155,11 @@ fn parse_output(text: &str) -> anyhow::Result<Output> {
     Ok(Output { format, dest })
 }
 
-fn parse_key_values(flag: &str, values: &[String], from_env: bool) -> anyhow::Result<BTreeMap<String, String>> {
+fn parse_key_values(
+    flag: &str,
+    values: &[String],
+    from_env: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for value in values {
         match value.split_once('=') {
@@ -218,14 +231,24 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
     }
     stop_build_on_interrupt();
 
-    let mode = if args.quiet { ProgressMode::Quiet } else { args.progress };
+    let mode = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    };
     let mut progress = PlainProgress::new(mode);
     let outcome = build::build(store, &opts, &mut progress)?;
 
     for output in &outputs {
         let tags: Vec<Reference> = outcome.tags.clone();
-        archive::export(store, &outcome.manifest_digest, &tags, output.format, &output.dest)
-            .with_context(|| format!("cannot write {}", output.dest.display()))?;
+        archive::export(
+            store,
+            &outcome.manifest_digest,
+            &tags,
+            output.format,
+            &output.dest,
+        )
+        .with_context(|| format!("cannot write {}", output.dest.display()))?;
     }
     if let Some(path) = &args.iidfile {
         write_file_atomic(path, outcome.manifest_digest.to_string().as_bytes())
@@ -236,12 +259,22 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
             eprintln!("naming to {tag}");
         }
     }
+    if args.push {
+        if outcome.tags.is_empty() {
+            bail!("--push needs a name to push to: add -t REGISTRY/NAME:TAG");
+        }
+        let options = crate::client::PushOptions::default();
+        for tag in &outcome.tags {
+            let name = tag.to_string();
+            super::push::push_image(store, &name, None, &options, mode == ProgressMode::Quiet)?;
+        }
+    }
     println!("{}", outcome.manifest_digest);
     Ok(())
 }
 
 /// Writes a small output file atomically (temp file next to it, fsync, rename).
-fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

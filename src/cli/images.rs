@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 
-use crate::digest::Digest;
 use super::archive::{self, ArchiveFormat};
+use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::store::{RefEntry, Store};
 
@@ -52,6 +52,8 @@ pub struct PullArgs {
     /// Print nothing but the digest.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub registry: super::push::RegistryFlags,
 }
 
 /// Finds a local image by name, full digest, or unique digest-hex prefix.
@@ -59,7 +61,10 @@ pub(crate) fn resolve(store: &Store, text: &str) -> anyhow::Result<RefEntry> {
     let entries = store.list_refs()?;
     if let Ok(reference) = Reference::parse(text) {
         let name = reference.with_default_tag().to_string();
-        if let Some(entry) = entries.iter().find(|e| e.name.as_deref() == Some(name.as_str())) {
+        if let Some(entry) = entries
+            .iter()
+            .find(|e| e.name.as_deref() == Some(name.as_str()))
+        {
             return Ok(entry.clone());
         }
     }
@@ -81,12 +86,18 @@ pub(crate) fn resolve(store: &Store, text: &str) -> anyhow::Result<RefEntry> {
 
 pub fn list(store: &Store) -> anyhow::Result<()> {
     let entries = store.list_refs()?;
-    println!("{:<48} {:<16} {:<14} {:>10}", "REPOSITORY", "TAG", "DIGEST", "SIZE");
+    println!(
+        "{:<48} {:<16} {:<14} {:>10}",
+        "REPOSITORY", "TAG", "DIGEST", "SIZE"
+    );
     for entry in entries {
         let (repository, tag) = match entry.name.as_deref().map(Reference::parse) {
             Some(Ok(reference)) => {
                 let familiar = reference.familiar();
-                let tag = reference.tag.clone().unwrap_or_else(|| "<none>".to_string());
+                let tag = reference
+                    .tag
+                    .clone()
+                    .unwrap_or_else(|| "<none>".to_string());
                 let repository = familiar
                     .strip_suffix(&format!(":{tag}"))
                     .unwrap_or(&familiar)
@@ -103,30 +114,10 @@ pub fn list(store: &Store) -> anyhow::Result<()> {
             repository,
             tag,
             entry.manifest_digest.short(),
-            human_size(size)
+            super::transfer::human(size)
         );
     }
     Ok(())
-}
-
-/// Sizes like Docker shows them: `4.2MB`.
-pub(crate) fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + UNITS[unit]
-    }
 }
 
 pub fn inspect(store: &Store, args: InspectArgs) -> anyhow::Result<()> {
@@ -165,7 +156,10 @@ pub fn tag(store: &Store, args: TagArgs) -> anyhow::Result<()> {
         .with_context(|| format!("invalid target name {:?}", args.target))?
         .with_default_tag();
     if target.digest.is_some() {
-        bail!("invalid target name {:?}: cannot tag with a digest", args.target);
+        bail!(
+            "invalid target name {:?}: cannot tag with a digest",
+            args.target
+        );
     }
     store.set_ref(RefEntry {
         name: Some(target.to_string()),
@@ -200,8 +194,14 @@ pub fn save(store: &Store, args: SaveArgs) -> anyhow::Result<()> {
         .transpose()?
         .into_iter()
         .collect();
-    archive::export(store, &entry.manifest_digest, &tags, args.format, &args.output)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    archive::export(
+        store,
+        &entry.manifest_digest,
+        &tags,
+        args.format,
+        &args.output,
+    )
+    .with_context(|| format!("cannot write {}", args.output.display()))?;
     Ok(())
 }
 
@@ -216,32 +216,17 @@ pub fn pull(store: &Store, args: PullArgs) -> anyhow::Result<()> {
         .transpose()?;
     let options = crate::client::PullOptions {
         platform,
+        connection: args.registry.connection(),
         ..Default::default()
     };
+    let progress = super::transfer::TransferProgress::new(args.quiet);
     let runtime = super::runtime()?;
     let pulled = runtime
-        .block_on(crate::client::pull(
-            store,
-            &reference,
-            &options,
-            &crate::client::NoProgress,
-        ))
+        .block_on(crate::client::pull(store, &reference, &options, &progress))
         .with_context(|| format!("cannot pull {}", reference.familiar()))?;
     if !args.quiet {
         eprintln!("pulled {}", reference.familiar());
     }
     println!("{}", pulled.manifest_digest);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_like_docker() {
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(4_200_000), "4.2MB");
-        assert_eq!(human_size(1_000), "1kB");
-    }
 }

@@ -4,7 +4,9 @@ mod archive;
 mod build;
 mod images;
 mod progress;
+mod push;
 mod serve;
+mod transfer;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -44,6 +46,12 @@ pub enum Command {
     Save(images::SaveArgs),
     /// Pull an image from a registry into the local store.
     Pull(images::PullArgs),
+    /// Push a local image to a registry, sending only the blobs it lacks.
+    Push(push::PushArgs),
+    /// Save credentials for a registry in Docker's config.json.
+    Login(push::LoginArgs),
+    /// Remove saved credentials for a registry.
+    Logout(push::LogoutArgs),
     /// Run the bundled OCI registry.
     Serve(serve::ServeArgs),
     /// Registry administration.
@@ -58,7 +66,8 @@ pub enum RegistryCommand {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "images", "inspect", "tag", "rmi", "save", "pull", "serve", "registry", "help",
+    "build", "images", "inspect", "tag", "rmi", "save", "pull", "push", "login", "logout", "serve",
+    "registry", "help",
 ];
 
 /// Inserts `build` when the command line names no subcommand (`imgbuild -f Dockerfile .`).
@@ -118,11 +127,16 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => open_store(cli.root).and_then(|store| build::run(&store, args)),
         Command::Images => open_store(cli.root).and_then(|store| images::list(&store)),
-        Command::Inspect(args) => open_store(cli.root).and_then(|store| images::inspect(&store, args)),
+        Command::Inspect(args) => {
+            open_store(cli.root).and_then(|store| images::inspect(&store, args))
+        }
         Command::Tag(args) => open_store(cli.root).and_then(|store| images::tag(&store, args)),
         Command::Rmi(args) => open_store(cli.root).and_then(|store| images::rmi(&store, args)),
         Command::Save(args) => open_store(cli.root).and_then(|store| images::save(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| images::pull(&store, args)),
+        Command::Push(args) => open_store(cli.root).and_then(|store| push::push(&store, args)),
+        Command::Login(args) => push::login(args),
+        Command::Logout(args) => push::logout(args),
         Command::Serve(args) | Command::Registry(RegistryCommand::Serve(args)) => serve::run(args),
     };
     match result {

@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 pub fn required_env(name: &str) -> String {
     match std::env::var(name) {
         Ok(value) if !value.is_empty() => value,
-        _ => panic!("{name} is not set: run the tests with scripts/test, which starts the real services"),
+        _ => panic!(
+            "{name} is not set: run the tests with scripts/test, which starts the real services"
+        ),
     }
 }
 
@@ -31,7 +33,11 @@ pub fn imgbuild(root: &Path, args: &[&str]) -> Output {
 /// Runs the imgbuild binary with a store at `root` and extra environment variables.
 pub fn imgbuild_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
-    command.arg("--root").arg(root).args(args).env_remove("SOURCE_DATE_EPOCH");
+    command
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -126,10 +132,16 @@ pub fn docker_load(archive: &Path) -> String {
 pub fn tree_listing(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             out.push(format!("{rel} {}", meta.len()));
             if meta.is_dir() {
