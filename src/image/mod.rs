@@ -8,7 +8,9 @@ pub mod config;
 pub mod export;
 pub mod manifest;
 
-pub use config::{ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs, rfc3339};
+pub use config::{
+    ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs, rfc3339,
+};
 pub use export::{write_docker_archive, write_oci_archive};
 pub use manifest::{Descriptor, Index, Manifest, ManifestError, ManifestOrIndex, Platform};
 
@@ -90,7 +92,11 @@ pub fn write_image(
     let config_bytes = config.to_json();
     let config_digest = store.put_blob_bytes(&config_bytes)?;
     let manifest = Manifest::new_oci(
-        Descriptor::new(manifest::OCI_CONFIG, config_digest, config_bytes.len() as u64),
+        Descriptor::new(
+            manifest::OCI_CONFIG,
+            config_digest,
+            config_bytes.len() as u64,
+        ),
         layers.to_vec(),
     );
     let manifest_bytes = manifest.to_json();
@@ -103,7 +109,10 @@ pub fn write_image(
 }
 
 /// Reads a manifest or index blob from the store (verified) and parses it.
-pub fn load_manifest_or_index(store: &Store, digest: &Digest) -> Result<ManifestOrIndex, ImageError> {
+pub fn load_manifest_or_index(
+    store: &Store,
+    digest: &Digest,
+) -> Result<ManifestOrIndex, ImageError> {
     let bytes = store.read_blob(digest)?;
     ManifestOrIndex::parse(&bytes, None).map_err(|source| ImageError::Manifest {
         digest: digest.clone(),
@@ -118,7 +127,9 @@ pub fn load_image(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage
         ManifestOrIndex::Index(index) => {
             return Err(ImageError::NotAnImage {
                 digest: manifest_digest.clone(),
-                media_type: index.media_type.unwrap_or_else(|| manifest::OCI_INDEX.to_string()),
+                media_type: index
+                    .media_type
+                    .unwrap_or_else(|| manifest::OCI_INDEX.to_string()),
             });
         }
     };
@@ -192,7 +203,11 @@ mod tests {
 
         let other = tempfile::tempdir().unwrap();
         let other_store = Store::open(other.path()).unwrap();
-        assert_eq!(tiny_image(&other_store).0, descriptor, "same inputs, same manifest digest");
+        assert_eq!(
+            tiny_image(&other_store).0,
+            descriptor,
+            "same inputs, same manifest digest"
+        );
     }
 
     #[test]
@@ -209,7 +224,10 @@ mod tests {
         };
         assert!(matches!(
             write_image(&store, &config, &[]),
-            Err(ImageError::LayerCountMismatch { layers: 0, diff_ids: 1 })
+            Err(ImageError::LayerCountMismatch {
+                layers: 0,
+                diff_ids: 1
+            })
         ));
         assert!(matches!(
             write_image(&store, &config, &[missing]),
@@ -224,10 +242,14 @@ mod tests {
         let index = store
             .put_blob_bytes(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#)
             .unwrap();
-        assert!(matches!(load_image(&store, &index), Err(ImageError::NotAnImage { .. })));
+        assert!(matches!(
+            load_image(&store, &index),
+            Err(ImageError::NotAnImage { .. })
+        ));
 
         let bad_config = store.put_blob_bytes(b"not json").unwrap();
-        let manifest = Manifest::new_oci(Descriptor::new(manifest::OCI_CONFIG, bad_config, 8), vec![]);
+        let manifest =
+            Manifest::new_oci(Descriptor::new(manifest::OCI_CONFIG, bad_config, 8), vec![]);
         let digest = store.put_blob_bytes(&manifest.to_json()).unwrap();
         let err = load_image(&store, &digest).unwrap_err();
         assert!(matches!(err, ImageError::Config { .. }), "{err}");
