@@ -309,14 +309,22 @@ impl Unpacker {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
-                rustix::fs::mknodat(
+                let made = rustix::fs::mknodat(
                     &parent_fd,
                     name,
                     file_type,
                     Mode::from_raw_mode(meta.mode),
                     rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| self.err(&path, e))?;
+                );
+                match made {
+                    Ok(()) => {}
+                    // Unprivileged unpacks cannot make device nodes (as rootless Docker).
+                    Err(Errno::PERM) if !self.is_root && file_type != FileType::Fifo => {
+                        tracing::warn!(path = %path.display(), "skipping device node: not running as root");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(self.err(&path, e)),
+                }
                 self.set_at_meta(&parent_fd, name, &path, &meta, true)?;
             }
             other => {
