@@ -298,6 +298,12 @@ impl Store {
             }
         })
     }
+    /// The size of a stored blob.
+    pub fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let file = self.open_blob(digest)?;
+        let meta = file.metadata().map_err(io_at(&self.blob_path(digest)))?;
+        Ok(meta.len())
+    }
     /// Reads a small blob (manifest, config) whole and verifies its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let mut file = self.open_blob(digest)?;
@@ -506,6 +512,7 @@ mod tests {
             dir.path().join("blobs/sha256").join(digest.hex())
         );
         assert_eq!(store.put_blob_bytes(b"hello").unwrap(), digest);
+        assert_eq!(store.blob_size(&digest).unwrap(), 5);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 
