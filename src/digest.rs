@@ -63,16 +63,18 @@ impl Digest {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             _ if !alg.is_empty()
-                && alg
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) =>
+                && alg.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                }) =>
             {
                 return Err(DigestError::UnsupportedAlgorithm(text.to_string()));
             }
             _ => return Err(DigestError::Malformed(text.to_string())),
         };
         let valid_hex = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid_hex {
             return Err(DigestError::BadHex(text.to_string(), algorithm.hex_len()));
         }
@@ -272,15 +274,27 @@ mod tests {
 
     #[test]
     fn parse_round_trips_and_rejects_bad_input() {
-        assert_eq!(Digest::parse(EMPTY_SHA256).unwrap().to_string(), EMPTY_SHA256);
-        assert!(matches!(Digest::parse("sha256"), Err(DigestError::Malformed(_))));
+        assert_eq!(
+            Digest::parse(EMPTY_SHA256).unwrap().to_string(),
+            EMPTY_SHA256
+        );
+        assert!(matches!(
+            Digest::parse("sha256"),
+            Err(DigestError::Malformed(_))
+        ));
         assert!(matches!(
             Digest::parse("md5:abcd"),
             Err(DigestError::UnsupportedAlgorithm(_))
         ));
-        assert!(matches!(Digest::parse("sha256:../.."), Err(DigestError::BadHex(..))));
+        assert!(matches!(
+            Digest::parse("sha256:../.."),
+            Err(DigestError::BadHex(..))
+        ));
         let upper = EMPTY_SHA256.to_uppercase().replace("SHA256", "sha256");
-        assert!(matches!(Digest::parse(&upper), Err(DigestError::BadHex(..))));
+        assert!(matches!(
+            Digest::parse(&upper),
+            Err(DigestError::BadHex(..))
+        ));
     }
 
     #[test]

@@ -1,21 +1,49 @@
 //! Command-line interface: argument parsing (clap derive), progress output, exit codes.
 //! No logic of its own: each subcommand calls into the library.
+mod archive;
+mod build;
+mod images;
+mod progress;
 mod serve;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::store::Store;
+
 /// A daemonless container image builder and OCI registry.
+///
+/// `imgbuild [build] [OPTIONS] CONTEXT` builds an image; `build` is the default subcommand.
 #[derive(Debug, Parser)]
 #[command(name = "imgbuild", version, about)]
 pub struct Cli {
+    /// Local store directory [default: $IMGBUILD_ROOT, else ~/.local/share/imgbuild].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile (the default subcommand).
+    Build(build::BuildArgs),
+    /// List images in the local store.
+    Images,
+    /// Show an image's manifest and config as JSON.
+    Inspect(images::InspectArgs),
+    /// Give a local image another name.
+    Tag(images::TagArgs),
+    /// Remove image names from the local store.
+    Rmi(images::RmiArgs),
+    /// Write an image to a docker-archive or OCI-archive tar file.
+    Save(images::SaveArgs),
+    /// Pull an image from a registry into the local store.
+    Pull(images::PullArgs),
     /// Run the bundled OCI registry.
     Serve(serve::ServeArgs),
     /// Registry administration.
@@ -29,10 +57,72 @@ pub enum RegistryCommand {
     Serve(serve::ServeArgs),
 }
 
+const SUBCOMMANDS: &[&str] = &[
+    "build", "images", "inspect", "tag", "rmi", "save", "pull", "serve", "registry", "help",
+];
+
+/// Inserts `build` when the command line names no subcommand (`imgbuild -f Dockerfile .`).
+fn with_default_subcommand(args: Vec<OsString>) -> Vec<OsString> {
+    let mut index = 1;
+    while index < args.len() {
+        let arg = args[index].to_string_lossy();
+        if arg == "--root" {
+            index += 2;
+            continue;
+        }
+        if arg.starts_with("--root=") {
+            index += 1;
+            continue;
+        }
+        if matches!(arg.as_ref(), "-h" | "--help" | "-V" | "--version") {
+            return args;
+        }
+        if SUBCOMMANDS.contains(&arg.as_ref()) {
+            return args;
+        }
+        break;
+    }
+    let mut out = args;
+    if out.len() > 1 {
+        out.insert(index.min(out.len()), OsString::from("build"));
+    }
+    out
+}
+
+/// The store root: `--root`, else `$IMGBUILD_ROOT`, else the XDG data dir.
+fn store_root(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(root) = flag {
+        return Ok(root);
+    }
+    if let Some(root) = std::env::var_os("IMGBUILD_ROOT").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(root));
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(data).join("imgbuild"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find the store: set --root, IMGBUILD_ROOT or HOME")?;
+    Ok(PathBuf::from(home).join(".local/share/imgbuild"))
+}
+
+fn open_store(flag: Option<PathBuf>) -> anyhow::Result<Store> {
+    let root = store_root(flag)?;
+    Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+}
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = with_default_subcommand(std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
+        Command::Build(args) => open_store(cli.root).and_then(|store| build::run(&store, args)),
+        Command::Images => open_store(cli.root).and_then(|store| images::list(&store)),
+        Command::Inspect(args) => open_store(cli.root).and_then(|store| images::inspect(&store, args)),
+        Command::Tag(args) => open_store(cli.root).and_then(|store| images::tag(&store, args)),
+        Command::Rmi(args) => open_store(cli.root).and_then(|store| images::rmi(&store, args)),
+        Command::Save(args) => open_store(cli.root).and_then(|store| images::save(&store, args)),
+        Command::Pull(args) => open_store(cli.root).and_then(|store| images::pull(&store, args)),
         Command::Serve(args) | Command::Registry(RegistryCommand::Serve(args)) => serve::run(args),
     };
     match result {
@@ -41,5 +131,42 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A tokio runtime for the async parts (registry client) of a CLI command.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn build_is_the_default_subcommand() {
+        assert_eq!(
+            with_default_subcommand(args(&["imgbuild", "-f", "Dockerfile", "."])),
+            args(&["imgbuild", "build", "-f", "Dockerfile", "."])
+        );
+        assert_eq!(
+            with_default_subcommand(args(&["imgbuild", "--root", "/r", "."])),
+            args(&["imgbuild", "--root", "/r", "build", "."])
+        );
+        assert_eq!(
+            with_default_subcommand(args(&["imgbuild", "images"])),
+            args(&["imgbuild", "images"])
+        );
+        assert_eq!(
+            with_default_subcommand(args(&["imgbuild", "--help"])),
+            args(&["imgbuild", "--help"])
+        );
     }
 }

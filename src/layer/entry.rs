@@ -14,13 +14,26 @@ pub enum FileSource {
 /// What kind of file system object an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
-    File { source: FileSource, size: u64 },
+    File {
+        source: FileSource,
+        size: u64,
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        target: String,
+    },
     /// A hard link to another entry of the same layer (path relative to the layer root, no leading `/`).
-    Hardlink { target: String },
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    Hardlink {
+        target: String,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     /// An OCI whiteout: deletes `path` from lower layers (written as `dir/.wh.name`).
     Whiteout,

@@ -399,6 +399,21 @@ impl Store {
         Ok(true)
     }
 
+    /// Removes the untagged entry of `digest`; returns whether it existed.
+    pub fn remove_untagged(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let before = index.manifests.len();
+        index
+            .manifests
+            .retain(|d| !(d.ref_name().is_none() && d.digest == *digest));
+        if index.manifests.len() == before {
+            return Ok(false);
+        }
+        self.write_index(&index)?;
+        Ok(true)
+    }
+
     /// Deletes temp files left by writes that crashed (older than `STALE_TEMP_AGE`; younger
     /// ones may belong to a write in progress in another process). Best effort.
     fn remove_stale_temp_files(&self) {
@@ -611,6 +626,21 @@ mod tests {
         );
         assert!(index["manifests"][1].get("annotations").is_none());
 
+        assert!(
+            !store.remove_untagged(&Digest::sha256_of(b"two")).unwrap(),
+            "tagged, not untagged"
+        );
+        assert!(
+            store
+                .remove_untagged(&Digest::sha256_of(b"untagged"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remove_untagged(&Digest::sha256_of(b"untagged"))
+                .unwrap()
+        );
+        store.set_ref(entry(None, b"untagged")).unwrap();
         assert!(store.remove_ref("docker.io/library/app:1").unwrap());
         assert!(!store.remove_ref("docker.io/library/app:1").unwrap());
         assert_eq!(store.list_refs().unwrap(), vec![entry(None, b"untagged")]);

@@ -1,0 +1,282 @@
+//! Mounting a stack of snapshot dirs as an overlayfs with a fresh upper dir, and unmounting it.
+//!
+//! Lowers are added one by one with the new mount API (`fsconfig` key `lowerdir+`, Linux 6.8+),
+//! so there is no limit from the one-page `lowerdir=a:b:c` option string. Older kernels get the
+//! classic `mount(2)` option string when it fits in a page. `redirect_dir`, `metacopy` and
+//! `index` are turned off so the upper dir always holds whole files and whole directories,
+//! which is what makes it a layer diff (see `diff.rs`).
+//!
+//! Where overlayfs is unavailable (no `overlay` file system, or not permitted), the lowers are
+//! merged by copying into the target and the mount is of kind [`MountKind::Copy`]; on unmount
+//! the changes found by comparing stat data with the state after the copy are written into the
+//! upper dir in overlay form (whiteout devices, opaque xattrs), so `diff_upper` works the same.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
+
+use super::copy_fallback::{self, Baseline};
+use super::error::SnapshotError;
+
+/// How the merged view was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    /// A real overlayfs mount.
+    Overlay,
+    /// Lowers copied into the target; changes are moved into the upper dir at unmount.
+    Copy,
+}
+
+/// A mounted merged view of lowers + upper at `target`; unmounted on drop.
+#[derive(Debug)]
+pub struct OverlayMount {
+    target: PathBuf,
+    upper: PathBuf,
+    kind: MountKind,
+    mounted: bool,
+    /// The empty lower used when the caller gave none; removed after unmount.
+    _empty_lower: Option<tempfile::TempDir>,
+    /// For [`MountKind::Copy`]: the stat data of the merged copy right after it was made.
+    baseline: Option<Baseline>,
+}
+
+/// Overlay options that keep the upper dir a plain, self-contained diff.
+const DIFF_FRIENDLY_OPTIONS: [(&str, &str); 3] =
+    [("redirect_dir", "off"), ("metacopy", "off"), ("index", "off")];
+
+static COPY_FALLBACK_WARNING: Once = Once::new();
+
+impl OverlayMount {
+    /// Mounts `lowers` (top-most first) with `upper` and `work` (same file system, `work` empty)
+    /// on `target`. With no lowers, an empty dir is the only lower.
+    pub fn mount(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<OverlayMount, SnapshotError> {
+        Self::mount_with(lowers, upper, work, target, false)
+    }
+
+    /// Makes the merged view by copying, as where overlayfs is unavailable (slow; for tests and
+    /// for debugging file systems that misbehave under overlayfs).
+    pub fn mount_copy(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<OverlayMount, SnapshotError> {
+        Self::mount_with(lowers, upper, work, target, true)
+    }
+
+    fn mount_with(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+        force_copy: bool,
+    ) -> Result<OverlayMount, SnapshotError> {
+        let mut empty_lower = None;
+        let lowers: Vec<PathBuf> = if lowers.is_empty() {
+            let dir = tempfile::Builder::new()
+                .prefix("imgbuild-empty-lower-")
+                .tempdir()
+                .map_err(|e| SnapshotError::io("creating empty lower dir", std::env::temp_dir(), e))?;
+            let path = dir.path().to_path_buf();
+            empty_lower = Some(dir);
+            vec![path]
+        } else {
+            lowers.to_vec()
+        };
+        let mut mount = OverlayMount {
+            target: target.to_path_buf(),
+            upper: upper.to_path_buf(),
+            kind: MountKind::Overlay,
+            mounted: false,
+            _empty_lower: empty_lower,
+            baseline: None,
+        };
+        let attempt = if force_copy {
+            Err(OverlayAttempt::Unavailable("copy requested".to_string()))
+        } else {
+            mount_overlay(&lowers, upper, work, target)
+        };
+        match attempt {
+            Ok(()) => {}
+            Err(OverlayAttempt::Unavailable(reason)) => {
+                COPY_FALLBACK_WARNING.call_once(|| {
+                    tracing::warn!(
+                        "overlayfs is unavailable ({reason}); RUN steps copy their base file \
+                         system instead, which is much slower"
+                    )
+                });
+                mount.baseline = Some(copy_fallback::merge_lowers(&lowers, target)?);
+                mount.kind = MountKind::Copy;
+            }
+            Err(OverlayAttempt::Failed(message)) => {
+                return Err(SnapshotError::Mount {
+                    target: target.to_path_buf(),
+                    message,
+                });
+            }
+        }
+        mount.mounted = true;
+        Ok(mount)
+    }
+
+    /// Where the merged view is.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The upper dir holding the changes (complete only after unmount for [`MountKind::Copy`]).
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    pub fn kind(&self) -> MountKind {
+        self.kind
+    }
+
+    /// Unmounts, reporting failure (dropping unmounts too, but can only log failures).
+    pub fn unmount(mut self) -> Result<(), SnapshotError> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<(), SnapshotError> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        match self.kind {
+            MountKind::Overlay => {
+                rustix::mount::unmount(&self.target, UnmountFlags::empty()).map_err(|e| {
+                    SnapshotError::Unmount {
+                        target: self.target.clone(),
+                        source: e.into(),
+                    }
+                })
+            }
+            MountKind::Copy => match self.baseline.take() {
+                Some(baseline) => copy_fallback::move_changes_to_upper(&baseline, &self.target, &self.upper),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        if let Err(error) = self.unmount_inner() {
+            tracing::warn!("{error}; detaching it lazily");
+            if self.kind == MountKind::Overlay {
+                let _ = rustix::mount::unmount(&self.target, UnmountFlags::DETACH);
+            }
+        }
+    }
+}
+
+/// Why the overlay could not be mounted: unavailable here (fall back) or a real error.
+enum OverlayAttempt {
+    Unavailable(String),
+    Failed(String),
+}
+
+fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OverlayAttempt> {
+    let fs = match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
+        Ok(fs) => fs,
+        Err(e) if e == rustix::io::Errno::NODEV || e == rustix::io::Errno::PERM => {
+            return Err(OverlayAttempt::Unavailable(format!("fsopen(overlay): {}", io::Error::from(e))));
+        }
+        // ENOSYS: no new mount API; try the classic mount(2).
+        Err(e) if e == rustix::io::Errno::NOSYS => return mount_overlay_classic(lowers, upper, work, target),
+        Err(e) => return Err(OverlayAttempt::Failed(format!("fsopen(overlay): {}", io::Error::from(e)))),
+    };
+    for (index, lower) in lowers.iter().enumerate() {
+        if let Err(e) = rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower) {
+            if index == 0 && e == rustix::io::Errno::INVAL && fs_messages(&fs).contains("lowerdir+") {
+                // Kernel before 6.8: no `lowerdir+` key.
+                return mount_overlay_classic(lowers, upper, work, target);
+            }
+            return Err(config_error(&fs, &format!("lower {}", lower.display()), e));
+        }
+    }
+    set_option(&fs, "upperdir", upper)?;
+    set_option(&fs, "workdir", work)?;
+    for (key, value) in DIFF_FRIENDLY_OPTIONS {
+        set_option(&fs, key, Path::new(value))?;
+    }
+    rustix::mount::fsconfig_create(&fs).map_err(|e| config_error(&fs, "creating the overlay", e))?;
+    let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(|e| config_error(&fs, "fsmount", e))?;
+    rustix::mount::move_mount(
+        mnt.as_fd(),
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| OverlayAttempt::Failed(format!("move_mount: {}", io::Error::from(e))))
+}
+
+fn set_option(fs: &OwnedFd, key: &str, value: &Path) -> Result<(), OverlayAttempt> {
+    rustix::mount::fsconfig_set_string(fs, key, value)
+        .map_err(|e| config_error(fs, &format!("{key}={}", value.display()), e))
+}
+
+fn config_error(fs: &OwnedFd, what: &str, errno: rustix::io::Errno) -> OverlayAttempt {
+    let messages = fs_messages(fs);
+    let detail = if messages.is_empty() { String::new() } else { format!(" ({messages})") };
+    OverlayAttempt::Failed(format!("{what}: {}{detail}", io::Error::from(errno)))
+}
+
+/// The kernel's messages queued on an fs context fd (the reason behind an EINVAL), joined.
+fn fs_messages(fs: &OwnedFd) -> String {
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Each read returns one message; the queue holds at most 8, and reading a drained queue fails.
+    for _ in 0..8 {
+        match rustix::io::read(fs, &mut buf) {
+            Ok(n) if n > 0 => messages.push(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+            _ => break,
+        }
+    }
+    messages.join("; ")
+}
+
+/// `mount(2)` with a `lowerdir=` option string; only for kernels without `lowerdir+`.
+fn mount_overlay_classic(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OverlayAttempt> {
+    let mut lower_list = Vec::with_capacity(lowers.len());
+    for lower in lowers {
+        let text = lower.to_str().filter(|t| !t.contains([':', ',', '\\'])).ok_or_else(|| {
+            OverlayAttempt::Failed(format!("lower dir {} has characters the option string cannot hold", lower.display()))
+        })?;
+        lower_list.push(text);
+    }
+    let mut options = format!("lowerdir={},upperdir={},workdir={}", lower_list.join(":"), upper.display(), work.display());
+    for (key, value) in DIFF_FRIENDLY_OPTIONS {
+        options.push_str(&format!(",{key}={value}"));
+    }
+    // The kernel copies mount options into one page.
+    let page_size = 4096;
+    if options.len() >= page_size {
+        return Err(OverlayAttempt::Failed(format!(
+            "{} lowers need a {}-byte option string, over the {page_size}-byte limit; \
+             this kernel lacks `lowerdir+` (Linux 6.8+)",
+            lowers.len(),
+            options.len()
+        )));
+    }
+    let options = std::ffi::CString::new(options)
+        .map_err(|_| OverlayAttempt::Failed("a lower dir path contains a NUL byte".to_string()))?;
+    match rustix::mount::mount("overlay", target, "overlay", MountFlags::empty(), Some(options.as_c_str())) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NODEV || e == rustix::io::Errno::PERM => {
+            Err(OverlayAttempt::Unavailable(format!("mount(overlay): {}", io::Error::from(e))))
+        }
+        Err(e) => Err(OverlayAttempt::Failed(format!("mount(overlay): {}", io::Error::from(e)))),
+    }
+}
