@@ -71,6 +71,21 @@ pub fn host_architecture() -> &'static str {
     }
 }
 
+/// The chain ids of a layer stack (bottom first): `chain[0] = diff_ids[0]`,
+/// `chain[n] = sha256("<chain[n-1]> <diff_ids[n]>")`, as the OCI image spec defines them.
+/// They name unpacked snapshots: equal chain ids mean equal root file systems.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut chain: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match chain.last() {
+            None => diff_id.clone(),
+            Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
+        };
+        chain.push(next);
+    }
+    chain
+}
+
 /// Stores `config` and an OCI manifest over `layers` (whose blobs must already be stored).
 /// Returns the manifest's descriptor (OCI manifest media type, digest, size).
 pub fn write_image(
@@ -208,6 +223,16 @@ mod tests {
             descriptor,
             "same inputs, same manifest digest"
         );
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        assert_eq!(chain[1], Digest::sha256_of(format!("{a} {b}").as_bytes()));
+        assert!(chain_ids(&[]).is_empty());
     }
 
     #[test]

@@ -259,8 +259,15 @@ impl Unpacker {
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.err(&path, e))?;
-                let mut file = File::from(fd);
-                let copied = io::copy(&mut entry, &mut file).map_err(|e| self.err(&path, e))?;
+                // io::copy reads straight into a BufWriter's buffer: large reads and writes.
+                let mut writer = io::BufWriter::with_capacity(256 * 1024, File::from(fd));
+                let copied = io::copy(&mut entry, &mut writer).map_err(|e| self.err(&path, e))?;
+                let file = writer.into_inner().map_err(|e| {
+                    self.err(
+                        &path,
+                        io::Error::new(e.error().kind(), e.error().to_string()),
+                    )
+                })?;
                 self.stats.bytes += copied;
                 self.set_fd_meta(&file, &path, &meta, true)?;
             }
@@ -309,14 +316,22 @@ impl Unpacker {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 remove_all_at(&parent_fd, name).map_err(|e| self.err(&path, e))?;
-                rustix::fs::mknodat(
+                let made = rustix::fs::mknodat(
                     &parent_fd,
                     name,
                     file_type,
                     Mode::from_raw_mode(meta.mode),
                     rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| self.err(&path, e))?;
+                );
+                match made {
+                    Ok(()) => {}
+                    // Unprivileged unpacks cannot make device nodes (as rootless Docker).
+                    Err(Errno::PERM) if !self.is_root && file_type != FileType::Fifo => {
+                        tracing::warn!(path = %path.display(), "skipping device node: not running as root");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(self.err(&path, e)),
+                }
                 self.set_at_meta(&parent_fd, name, &path, &meta, true)?;
             }
             other => {
@@ -806,6 +821,51 @@ mod tests {
         ]);
         unpack(&tar[..], &dest, UnpackMode::Flatten).unwrap();
         assert_eq!(std::fs::read(dest.join("inside")).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn symlinked_parents_inside_dest_are_followed_within_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("root");
+        // Merged-/usr style: "lib" is an absolute symlink to "/usr/lib", meaning dest/usr/lib.
+        let tar = raw_tar(&[
+            ("usr/lib/", TypeFlag::Dir, "", b""),
+            ("lib", TypeFlag::Symlink, "/usr/lib", b""),
+            ("lib/libc.so", TypeFlag::Regular, "", b"elf"),
+            ("lib/libc.so.6", TypeFlag::Hardlink, "lib/libc.so", b""),
+        ]);
+        unpack(&tar[..], &dest, UnpackMode::Flatten).unwrap();
+        assert_eq!(std::fs::read(dest.join("usr/lib/libc.so")).unwrap(), b"elf");
+        let a = std::fs::metadata(dest.join("usr/lib/libc.so")).unwrap();
+        let b = std::fs::metadata(dest.join("usr/lib/libc.so.6")).unwrap();
+        assert_eq!(a.ino(), b.ino());
+    }
+
+    #[test]
+    fn overlay_xattrs_from_a_layer_are_not_applied() {
+        let dest = tempfile::tempdir().unwrap();
+        let sneaky = Entry {
+            xattrs: vec![
+                ("trusted.overlay.redirect".into(), b"/etc".to_vec()),
+                ("user.fine".into(), b"1".to_vec()),
+            ],
+            ..file("f", b"x")
+        };
+        layer_into(
+            vec![sneaky],
+            Compression::Gzip,
+            dest.path(),
+            UnpackMode::Overlay,
+        );
+        let path = dest.path().join("f");
+        let mut value = [0u8; 8];
+        assert!(
+            rustix::fs::getxattr(path.as_path(), "trusted.overlay.redirect", &mut value).is_err()
+        );
+        assert_eq!(
+            rustix::fs::getxattr(path.as_path(), "user.fine", &mut value).unwrap(),
+            1
+        );
     }
 
     #[test]

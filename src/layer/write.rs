@@ -132,6 +132,7 @@ fn tar_path(entry: &Entry) -> String {
             Some((parent, name)) => format!("{parent}/.wh.{name}"),
             None => format!(".wh.{}", entry.path),
         },
+        EntryKind::OpaqueDir if entry.path.is_empty() => ".wh..wh..opq".to_string(),
         EntryKind::OpaqueDir => format!("{}/.wh..wh..opq", entry.path),
         _ => entry.path.clone(),
     }
@@ -616,6 +617,16 @@ mod tests {
         let err = write_layer(&store, vec![entry], &gzip_opts()).unwrap_err();
         assert!(matches!(err, LayerError::SourceChanged { .. }), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn an_opaque_root_is_written_without_a_leading_slash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let entries = vec![with_kind("", EntryKind::OpaqueDir), file("a", b"a")];
+        let info = write_layer(&store, entries, &gzip_opts()).unwrap();
+        let names: Vec<String> = read_names(&store, &info).into_iter().map(|n| n.0).collect();
+        assert_eq!(names, vec![".wh..wh..opq", "a"]);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// Media type of an OCI image index (the type of index.json itself).
 const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
+/// Temp files older than this are leftovers of crashed writes.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Errors from the local store.
@@ -240,6 +243,7 @@ impl Store {
         for dir in [store.root.join("blobs").join("sha256"), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         }
+        store.remove_stale_temp_files();
         let layout = root.join("oci-layout");
         let index = store.index_path();
         if !layout.exists() || !index.exists() {
@@ -293,6 +297,12 @@ impl Store {
                 StoreError::Io { path, source }
             }
         })
+    }
+    /// The size of a stored blob.
+    pub fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let file = self.open_blob(digest)?;
+        let meta = file.metadata().map_err(io_at(&self.blob_path(digest)))?;
+        Ok(meta.len())
     }
     /// Reads a small blob (manifest, config) whole and verifies its digest.
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
@@ -404,6 +414,26 @@ impl Store {
         Ok(true)
     }
 
+    /// Deletes temp files left by writes that crashed (older than `STALE_TEMP_AGE`; younger
+    /// ones may belong to a write in progress in another process). Best effort.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        let now = std::time::SystemTime::now();
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
     }
@@ -497,6 +527,7 @@ mod tests {
             dir.path().join("blobs/sha256").join(digest.hex())
         );
         assert_eq!(store.put_blob_bytes(b"hello").unwrap(), digest);
+        assert_eq!(store.blob_size(&digest).unwrap(), 5);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 
@@ -595,6 +626,21 @@ mod tests {
         );
         assert!(index["manifests"][1].get("annotations").is_none());
 
+        assert!(
+            !store.remove_untagged(&Digest::sha256_of(b"two")).unwrap(),
+            "tagged, not untagged"
+        );
+        assert!(
+            store
+                .remove_untagged(&Digest::sha256_of(b"untagged"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remove_untagged(&Digest::sha256_of(b"untagged"))
+                .unwrap()
+        );
+        store.set_ref(entry(None, b"untagged")).unwrap();
         assert!(store.remove_ref("docker.io/library/app:1").unwrap());
         assert!(!store.remove_ref("docker.io/library/app:1").unwrap());
         assert_eq!(store.list_refs().unwrap(), vec![entry(None, b"untagged")]);
@@ -648,6 +694,26 @@ mod tests {
         assert_eq!(index["annotations"]["k"], "v");
         assert_eq!(index["manifests"][0]["platform"]["os"], "linux");
         assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn open_removes_stale_temp_files_but_keeps_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let stale = store.tmp_dir().join("blob-crashed");
+        let fresh = store.tmp_dir().join("blob-in-progress");
+        fs::write(&stale, b"half").unwrap();
+        fs::write(&fresh, b"half").unwrap();
+        let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+        File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        Store::open(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(fresh.exists());
     }
 
     #[test]
