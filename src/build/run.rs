@@ -305,6 +305,9 @@ pub(crate) fn run_step(
         )?;
     }
 
+    if super::interrupted() {
+        return Err("build interrupted".to_string());
+    }
     let mut tail = OutputTail::default();
     let outcome = sandbox::run(ctx.runtime, &spec, scratch.path(), &mut |bytes: &[u8]| {
         tail.push(bytes);
@@ -615,7 +618,10 @@ mod tests {
 
     #[test]
     fn output_tail_keeps_the_last_lines() {
-        let mut tail = OutputTail::default();
+        if super::interrupted() {
+        return Err("build interrupted".to_string());
+    }
+    let mut tail = OutputTail::default();
         for i in 0..20 {
             tail.push(format!("line {i}\n").as_bytes());
         }
