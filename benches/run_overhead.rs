@@ -17,11 +17,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let iterations: usize = std::env::var("ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
+    let iterations: usize = std::env::var("ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
     let dir = tempfile::tempdir().unwrap();
     let lower = dir.path().join("lower");
     fs::create_dir_all(lower.join("bin")).unwrap();
-    fs::copy("/bin/busybox", lower.join("bin/busybox")).expect("/bin/busybox is missing: run scripts/test");
+    fs::copy("/bin/busybox", lower.join("bin/busybox"))
+        .expect("/bin/busybox is missing: run scripts/test");
     std::os::unix::fs::symlink("busybox", lower.join("bin/true")).unwrap();
     for name in ["etc", "proc", "sys", "dev"] {
         fs::create_dir_all(lower.join(name)).unwrap();
@@ -29,7 +33,8 @@ fn main() {
     for name in ["etc/hosts", "etc/resolv.conf"] {
         fs::write(lower.join(name), "").unwrap();
     }
-    let runtime = Runtime::detect(&dir.path().join("state"), None).expect("no OCI runtime: run scripts/test");
+    let runtime =
+        Runtime::detect(&dir.path().join("state"), None).expect("no OCI runtime: run scripts/test");
     let args = vec!["/bin/true".to_string()];
 
     // Bare: one bundle written up front, `runc run` only.
@@ -38,15 +43,27 @@ fn main() {
     for name in ["hosts", "resolv.conf"] {
         fs::write(bundle.join(name), "").unwrap();
     }
-    let config = oci_spec_for(&RunSpec::new(&lower, args.clone()), &bundle.join("hosts"), &bundle.join("resolv.conf")).unwrap();
-    fs::write(bundle.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let config = oci_spec_for(
+        &RunSpec::new(&lower, args.clone()),
+        &bundle.join("hosts"),
+        &bundle.join("resolv.conf"),
+    )
+    .unwrap();
+    fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
     let mut bare = Vec::new();
     for index in 0..iterations {
         let started = Instant::now();
         let status = Command::new(&runtime.path)
             .args(["run", "--bundle"])
             .arg(&bundle)
-            .arg(format!("imgbuild-bench-bare-{}-{index}", std::process::id()))
+            .arg(format!(
+                "imgbuild-bench-bare-{}-{index}",
+                std::process::id()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .status()
@@ -74,16 +91,34 @@ fn main() {
         let outcome = sandbox::run(&runtime, &spec, &step, &mut |_| {}).unwrap();
         assert_eq!(outcome.exit_code, 0);
         mount.unmount().unwrap();
-        let entries = diff_upper_ignoring(&step.join("upper"), std::slice::from_ref(&lower), &spec.mount_points()).unwrap();
+        let entries = diff_upper_ignoring(
+            &step.join("upper"),
+            std::slice::from_ref(&lower),
+            &spec.mount_points(),
+        )
+        .unwrap();
         full.push(started.elapsed());
         assert!(entries.is_empty(), "{entries:?}");
         fs::remove_dir_all(&step).unwrap();
     }
 
     let (bare, full) = (median(bare), median(full));
-    println!("runtime:                         {}", runtime.path.display());
+    println!(
+        "runtime:                         {}",
+        runtime.path.display()
+    );
     println!("iterations:                      {iterations}");
-    println!("bare `{} run` median:          {:.1} ms", runtime.name, bare.as_secs_f64() * 1e3);
-    println!("mount+run+diff+unmount median:   {:.1} ms", full.as_secs_f64() * 1e3);
-    println!("overhead:                        {:.1} ms", (full.as_secs_f64() - bare.as_secs_f64()) * 1e3);
+    println!(
+        "bare `{} run` median:          {:.1} ms",
+        runtime.name,
+        bare.as_secs_f64() * 1e3
+    );
+    println!(
+        "mount+run+diff+unmount median:   {:.1} ms",
+        full.as_secs_f64() * 1e3
+    );
+    println!(
+        "overhead:                        {:.1} ms",
+        (full.as_secs_f64() - bare.as_secs_f64()) * 1e3
+    );
 }

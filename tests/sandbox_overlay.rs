@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use imgbuild::digest::Digest;
 use imgbuild::layer::{Entry, EntryKind, FileSource};
-use imgbuild::snapshot::{MountKind, OverlayMount, Snapshots, chain_id, diff_upper, diff_upper_ignoring};
+use imgbuild::snapshot::{
+    MountKind, OverlayMount, Snapshots, chain_id, diff_upper, diff_upper_ignoring,
+};
 
 fn require_root() {
     assert!(
@@ -43,7 +45,9 @@ impl Scratch {
 fn is_mounted(target: &Path) -> bool {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let target = target.to_str().unwrap();
-    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(target))
+    mountinfo
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(target))
 }
 
 fn find<'a>(entries: &'a [Entry], path: &str) -> Vec<&'a Entry> {
@@ -76,15 +80,32 @@ fn apply_changes(merged: &Path) {
     std::os::unix::fs::symlink("../new", merged.join("d/link")).unwrap();
     fs::set_permissions(merged.join("bin/cat"), fs::Permissions::from_mode(0o4755)).unwrap();
     std::os::unix::fs::chown(merged.join("new"), Some(1000), Some(1001)).unwrap();
-    rustix::fs::lsetxattr(merged.join("new"), "user.note", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(
+        merged.join("new"),
+        "user.note",
+        b"hello",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     // security.capability v2 for cap_net_bind_service (bit 10), permitted+effective.
     let mut capability = vec![0u8; 20];
     capability[0..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
     capability[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
-    rustix::fs::lsetxattr(merged.join("bin/cat"), "security.capability", &capability, rustix::fs::XattrFlags::empty())
-        .unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, merged.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-        .unwrap();
+    rustix::fs::lsetxattr(
+        merged.join("bin/cat"),
+        "security.capability",
+        &capability,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        merged.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
         merged.join("nulldev"),
@@ -102,16 +123,31 @@ fn assert_expected_diff(entries: &[Entry], upper: &Path) {
     let new = find(entries, "new");
     assert_eq!(new.len(), 1, "{paths:?}");
     match &new[0].kind {
-        EntryKind::File { source: FileSource::Path(path), size } => {
+        EntryKind::File {
+            source: FileSource::Path(path),
+            size,
+        } => {
             assert_eq!(*size, 2);
             assert_eq!(fs::read(path).unwrap(), b"x\n");
-            assert!(path.starts_with(upper), "{} not in the upper dir", path.display());
+            assert!(
+                path.starts_with(upper),
+                "{} not in the upper dir",
+                path.display()
+            );
         }
         other => panic!("new is {other:?}"),
     }
     assert_eq!((new[0].uid, new[0].gid), (1000, 1001));
-    assert_eq!(new[0].xattrs, vec![("user.note".to_string(), b"hello".to_vec())]);
-    assert_eq!(find(entries, "newlink")[0].kind, EntryKind::Hardlink { target: "new".to_string() });
+    assert_eq!(
+        new[0].xattrs,
+        vec![("user.note".to_string(), b"hello".to_vec())]
+    );
+    assert_eq!(
+        find(entries, "newlink")[0].kind,
+        EntryKind::Hardlink {
+            target: "new".to_string()
+        }
+    );
 
     assert_eq!(find(entries, "bin/ls")[0].kind, EntryKind::Whiteout);
     assert_eq!(find(entries, "gone")[0].kind, EntryKind::Whiteout);
@@ -119,23 +155,54 @@ fn assert_expected_diff(entries: &[Entry], upper: &Path) {
 
     let data = find(entries, "data");
     let kinds: Vec<&EntryKind> = data.iter().map(|e| &e.kind).collect();
-    assert_eq!(kinds, vec![&EntryKind::Dir, &EntryKind::OpaqueDir], "{paths:?}");
-    assert!(matches!(find(entries, "data/z")[0].kind, EntryKind::File { size: 1, .. }));
-    assert!(find(entries, "data/old").is_empty() && find(entries, "data/sub").is_empty(), "{paths:?}");
+    assert_eq!(
+        kinds,
+        vec![&EntryKind::Dir, &EntryKind::OpaqueDir],
+        "{paths:?}"
+    );
+    assert!(matches!(
+        find(entries, "data/z")[0].kind,
+        EntryKind::File { size: 1, .. }
+    ));
+    assert!(
+        find(entries, "data/old").is_empty() && find(entries, "data/sub").is_empty(),
+        "{paths:?}"
+    );
 
     assert_eq!(find(entries, "d")[0].kind, EntryKind::Dir);
-    assert_eq!(find(entries, "d/link")[0].kind, EntryKind::Symlink { target: "../new".to_string() });
+    assert_eq!(
+        find(entries, "d/link")[0].kind,
+        EntryKind::Symlink {
+            target: "../new".to_string()
+        }
+    );
 
     let cat = find(entries, "bin/cat")[0];
     assert_eq!(cat.mode, 0o4755);
-    assert!(cat.xattrs.iter().any(|(name, _)| name == "security.capability"), "{:?}", cat.xattrs);
-    assert!(cat.xattrs.iter().all(|(name, _)| !name.starts_with("trusted.overlay.")));
+    assert!(
+        cat.xattrs
+            .iter()
+            .any(|(name, _)| name == "security.capability"),
+        "{:?}",
+        cat.xattrs
+    );
+    assert!(
+        cat.xattrs
+            .iter()
+            .all(|(name, _)| !name.starts_with("trusted.overlay."))
+    );
 
     assert_eq!(find(entries, "fifo")[0].kind, EntryKind::Fifo);
     assert_eq!(find(entries, "fifo")[0].mode, 0o600);
-    assert_eq!(find(entries, "nulldev")[0].kind, EntryKind::CharDevice { major: 1, minor: 3 });
+    assert_eq!(
+        find(entries, "nulldev")[0].kind,
+        EntryKind::CharDevice { major: 1, minor: 3 }
+    );
 
-    assert!(find(entries, "etc").is_empty() && find(entries, "bin/cat").len() == 1, "{paths:?}");
+    assert!(
+        find(entries, "etc").is_empty() && find(entries, "bin/cat").len() == 1,
+        "{paths:?}"
+    );
     // bin itself was copied up as the parent of the changes.
     assert_eq!(find(entries, "bin")[0].kind, EntryKind::Dir);
 }
@@ -147,7 +214,13 @@ fn overlay_diff_reports_files_whiteouts_opaque_dirs_links_and_metadata() {
     make_lower(lower.path());
     let scratch = Scratch::new();
     let lowers = vec![lower.path().to_path_buf()];
-    let mount = OverlayMount::mount(&lowers, &scratch.upper(), &scratch.work(), &scratch.merged()).unwrap();
+    let mount = OverlayMount::mount(
+        &lowers,
+        &scratch.upper(),
+        &scratch.work(),
+        &scratch.merged(),
+    )
+    .unwrap();
     assert_eq!(mount.kind(), MountKind::Overlay);
     assert!(is_mounted(&scratch.merged()));
     apply_changes(&scratch.merged());
@@ -155,7 +228,11 @@ fn overlay_diff_reports_files_whiteouts_opaque_dirs_links_and_metadata() {
     assert!(!is_mounted(&scratch.merged()));
     let entries = diff_upper(&scratch.upper(), &lowers).unwrap();
     assert_expected_diff(&entries, &scratch.upper());
-    assert_eq!(fs::read(lower.path().join("bin/ls")).unwrap(), b"ls", "the lower was changed");
+    assert_eq!(
+        fs::read(lower.path().join("bin/ls")).unwrap(),
+        b"ls",
+        "the lower was changed"
+    );
 }
 
 #[test]
@@ -165,14 +242,27 @@ fn copy_fallback_gives_the_same_diff_as_overlay() {
     make_lower(lower.path());
     let scratch = Scratch::new();
     let lowers = vec![lower.path().to_path_buf()];
-    let mount = OverlayMount::mount_copy(&lowers, &scratch.upper(), &scratch.work(), &scratch.merged()).unwrap();
+    let mount = OverlayMount::mount_copy(
+        &lowers,
+        &scratch.upper(),
+        &scratch.work(),
+        &scratch.merged(),
+    )
+    .unwrap();
     assert_eq!(mount.kind(), MountKind::Copy);
-    assert_eq!(fs::read(scratch.merged().join("data/sub/deep")).unwrap(), b"deep");
+    assert_eq!(
+        fs::read(scratch.merged().join("data/sub/deep")).unwrap(),
+        b"deep"
+    );
     apply_changes(&scratch.merged());
     mount.unmount().unwrap();
     let entries = diff_upper(&scratch.upper(), &lowers).unwrap();
     assert_expected_diff(&entries, &scratch.upper());
-    assert_eq!(fs::read_dir(scratch.merged()).unwrap().count(), 0, "the copy was not removed");
+    assert_eq!(
+        fs::read_dir(scratch.merged()).unwrap().count(),
+        0,
+        "the copy was not removed"
+    );
 }
 
 #[test]
@@ -183,27 +273,55 @@ fn copy_fallback_applies_whiteouts_and_opaque_dirs_of_lowers() {
     // A second layer in overlay form: deletes bin/ls, replaces data with an opaque dir.
     let top = tempfile::tempdir().unwrap();
     fs::create_dir(top.path().join("bin")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, top.path().join("bin/ls"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
-        .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        top.path().join("bin/ls"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
     fs::create_dir(top.path().join("data")).unwrap();
     fs::write(top.path().join("data/only"), b"only").unwrap();
-    rustix::fs::lsetxattr(top.path().join("data"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(
+        top.path().join("data"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     let lowers = vec![top.path().to_path_buf(), base.path().to_path_buf()];
     for copy in [false, true] {
         let scratch = Scratch::new();
         let mount = if copy {
-            OverlayMount::mount_copy(&lowers, &scratch.upper(), &scratch.work(), &scratch.merged())
+            OverlayMount::mount_copy(
+                &lowers,
+                &scratch.upper(),
+                &scratch.work(),
+                &scratch.merged(),
+            )
         } else {
-            OverlayMount::mount(&lowers, &scratch.upper(), &scratch.work(), &scratch.merged())
+            OverlayMount::mount(
+                &lowers,
+                &scratch.upper(),
+                &scratch.work(),
+                &scratch.merged(),
+            )
         }
         .unwrap();
         let merged = scratch.merged();
         assert!(!merged.join("bin/ls").exists(), "copy={copy}");
         assert!(merged.join("bin/cat").exists(), "copy={copy}");
-        let data: Vec<_> = fs::read_dir(merged.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let data: Vec<_> = fs::read_dir(merged.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(data, vec![std::ffi::OsString::from("only")], "copy={copy}");
         mount.unmount().unwrap();
-        assert!(diff_upper(&scratch.upper(), &lowers).unwrap().is_empty(), "copy={copy}: no change, no diff");
+        assert!(
+            diff_upper(&scratch.upper(), &lowers).unwrap().is_empty(),
+            "copy={copy}: no change, no diff"
+        );
     }
 }
 
@@ -214,25 +332,41 @@ fn sixty_layer_overlay_mounts_with_long_paths() {
     let mut lowers = Vec::new();
     // Long dir names: 64 lowers * ~100 bytes is far over the 4 KiB mount option page.
     for index in 0..64 {
-        let lower = layers_root
-            .path()
-            .join(format!("layer-{index:03}-with-a-rather-long-directory-name-to-overflow-the-option-page"));
+        let lower = layers_root.path().join(format!(
+            "layer-{index:03}-with-a-rather-long-directory-name-to-overflow-the-option-page"
+        ));
         fs::create_dir_all(lower.join("files")).unwrap();
         fs::write(lower.join(format!("files/from-{index}")), index.to_string()).unwrap();
         fs::write(lower.join("files/shared"), index.to_string()).unwrap();
         lowers.push(lower);
     }
     let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
-    assert!(total > 4096, "the test must exceed the option page ({total} bytes)");
+    assert!(
+        total > 4096,
+        "the test must exceed the option page ({total} bytes)"
+    );
     lowers.reverse(); // top-most first: layer 63 is on top
     let scratch = Scratch::new();
-    let mount = OverlayMount::mount(&lowers, &scratch.upper(), &scratch.work(), &scratch.merged()).unwrap();
+    let mount = OverlayMount::mount(
+        &lowers,
+        &scratch.upper(),
+        &scratch.work(),
+        &scratch.merged(),
+    )
+    .unwrap();
     assert_eq!(mount.kind(), MountKind::Overlay);
     let files = scratch.merged().join("files");
     for index in 0..64 {
-        assert_eq!(fs::read_to_string(files.join(format!("from-{index}"))).unwrap(), index.to_string());
+        assert_eq!(
+            fs::read_to_string(files.join(format!("from-{index}"))).unwrap(),
+            index.to_string()
+        );
     }
-    assert_eq!(fs::read_to_string(files.join("shared")).unwrap(), "63", "the top-most lower must win");
+    assert_eq!(
+        fs::read_to_string(files.join("shared")).unwrap(),
+        "63",
+        "the top-most lower must win"
+    );
     drop(mount);
     assert!(!is_mounted(&scratch.merged()), "drop must unmount");
 }
@@ -241,7 +375,8 @@ fn sixty_layer_overlay_mounts_with_long_paths() {
 fn overlay_with_no_lowers_starts_empty() {
     require_root();
     let scratch = Scratch::new();
-    let mount = OverlayMount::mount(&[], &scratch.upper(), &scratch.work(), &scratch.merged()).unwrap();
+    let mount =
+        OverlayMount::mount(&[], &scratch.upper(), &scratch.work(), &scratch.merged()).unwrap();
     assert_eq!(fs::read_dir(scratch.merged()).unwrap().count(), 0);
     fs::write(scratch.merged().join("hello"), b"hi").unwrap();
     mount.unmount().unwrap();
@@ -301,7 +436,10 @@ fn snapshots_unpack_once_atomically_and_list_lowers() {
         Err::<(), _>(std::io::Error::other("disk on fire"))
     });
     let message = failed.unwrap_err().to_string();
-    assert!(message.contains("disk on fire") && message.contains(&base.to_string()), "{message}");
+    assert!(
+        message.contains("disk on fire") && message.contains(&base.to_string()),
+        "{message}"
+    );
     assert!(snapshots.get(&base).is_none());
     assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
 
@@ -321,9 +459,14 @@ fn snapshots_unpack_once_atomically_and_list_lowers() {
     }
     assert_eq!(unpacks, 1, "the second ensure must reuse the snapshot");
     let top_dir = snapshots
-        .ensure(&top, Some(&base), |dir: &Path| fs::write(dir.join("file"), b"top"))
+        .ensure(&top, Some(&base), |dir: &Path| {
+            fs::write(dir.join("file"), b"top")
+        })
         .unwrap();
     let lowers = snapshots.lowers(&top).unwrap();
     assert_eq!(lowers, vec![top_dir, snapshots.get(&base).unwrap()]);
-    assert_eq!(fs::metadata(&lowers[0]).unwrap().mode() & 0o170000, 0o040000);
+    assert_eq!(
+        fs::metadata(&lowers[0]).unwrap().mode() & 0o170000,
+        0o040000
+    );
 }

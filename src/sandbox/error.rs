@@ -42,7 +42,11 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
         SandboxError::Io {
             op,
             path: path.into(),

@@ -43,7 +43,9 @@ const KILL_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 const KILL_RETRIES: u32 = 200;
 
 fn live_containers() -> std::sync::MutexGuard<'static, Vec<LiveContainer>> {
-    LIVE_CONTAINERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    LIVE_CONTAINERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn is_live(container: &LiveContainer) -> bool {
@@ -81,7 +83,11 @@ fn force_delete(container: &LiveContainer) {
         .stderr(Stdio::null())
         .status();
     if let Err(error) = result {
-        tracing::warn!("running {} delete --force {}: {error}", container.runtime.path.display(), container.id);
+        tracing::warn!(
+            "running {} delete --force {}: {error}",
+            container.runtime.path.display(),
+            container.id
+        );
     }
 }
 
@@ -132,7 +138,12 @@ impl Cancel {
     /// Kills the container of the run using this token (now, or as soon as it starts).
     pub fn cancel(&self) {
         self.inner.cancelled.store(true, Ordering::SeqCst);
-        let container = self.inner.container.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let container = self
+            .inner
+            .container
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(container) = container {
             kill_in_background(container);
         }
@@ -143,7 +154,11 @@ impl Cancel {
     }
 
     fn attach(&self, container: Option<LiveContainer>) {
-        *self.inner.container.lock().unwrap_or_else(|p| p.into_inner()) = container;
+        *self
+            .inner
+            .container
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = container;
     }
 }
 
@@ -174,8 +189,8 @@ pub fn run_cancellable(
     write_bundle(spec, bundle.path())?;
     let log_file = bundle.path().join("runtime-log.json");
 
-    let (output_reader, output_writer) =
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| SandboxError::io("creating a pipe for", work_dir, e))?;
+    let (output_reader, output_writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SandboxError::io("creating a pipe for", work_dir, e))?;
     let stderr_writer = output_writer
         .try_clone()
         .map_err(|e| SandboxError::io("duplicating a pipe for", work_dir, e))?;
@@ -221,7 +236,9 @@ pub fn run_cancellable(
             }
         }
     }
-    let status = child.wait().map_err(|e| SandboxError::io("waiting for", runtime.path.clone(), e))?;
+    let status = child
+        .wait()
+        .map_err(|e| SandboxError::io("waiting for", runtime.path.clone(), e))?;
     if cancel.is_cancelled() {
         return Err(SandboxError::Cancelled { id });
     }
@@ -291,7 +308,8 @@ fn write_bundle(spec: &RunSpec, bundle: &Path) -> Result<(), SandboxError> {
 
     let config = oci_spec_for(spec, &hosts_file, &resolv_file)?;
     let config_file = bundle.join("config.json");
-    let json = serde_json::to_vec(&config).map_err(|e| SandboxError::io("encoding", &config_file, e))?;
+    let json =
+        serde_json::to_vec(&config).map_err(|e| SandboxError::io("encoding", &config_file, e))?;
     fs::write(&config_file, json).map_err(|e| SandboxError::io("writing", &config_file, e))?;
     Ok(())
 }

@@ -43,14 +43,20 @@ impl Runtime {
         if let Ok(text) = fs::read_to_string(&remembered_file)
             && let Ok(remembered) = serde_json::from_str::<Runtime>(&text)
         {
-            let wanted = preferred.is_none_or(|p| p == remembered.path || Some(p) == find_on_path_str(p).as_deref());
+            let wanted = preferred.is_none_or(|p| {
+                p == remembered.path
+                    || find_on_path_str(p).as_deref() == Some(remembered.path.as_path())
+            });
             if wanted && remembered.path.is_file() {
                 return Ok(remembered);
             }
         }
         let candidates: Vec<PathBuf> = match preferred {
             Some(path) => vec![find_on_path_str(path).unwrap_or_else(|| path.to_path_buf())],
-            None => CANDIDATES.iter().filter_map(|name| find_on_path(name)).collect(),
+            None => CANDIDATES
+                .iter()
+                .filter_map(|name| find_on_path(name))
+                .collect(),
         };
         let mut failures = Vec::new();
         for candidate in candidates {
@@ -62,7 +68,10 @@ impl Runtime {
                     return Ok(runtime);
                 }
                 Err(reason) => {
-                    tracing::info!("OCI runtime {} does not work here: {reason}", runtime.path.display());
+                    tracing::info!(
+                        "OCI runtime {} does not work here: {reason}",
+                        runtime.path.display()
+                    );
                     failures.push(format!("{}: {reason}", runtime.path.display()));
                 }
             }
@@ -97,10 +106,14 @@ fn find_on_path_str(name: &Path) -> Option<PathBuf> {
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path_var = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path_var)
         .map(|dir| dir.join(name))
-        .find(|candidate| fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Runs the host's `true` in an otherwise empty rootfs with `runtime`.
@@ -142,10 +155,16 @@ fn probe(runtime: &Runtime, state_dir: &Path) -> Result<(), String> {
 /// Writes `runtime` to `file` atomically.
 fn remember(runtime: &Runtime, file: &Path) -> Result<(), SandboxError> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| SandboxError::io("creating a temp file in", dir, e))?;
-    let json = serde_json::to_vec_pretty(runtime).map_err(|e| SandboxError::io("encoding", file, e))?;
-    tmp.write_all(&json).map_err(|e| SandboxError::io("writing", tmp.path().to_path_buf(), e))?;
-    tmp.as_file().sync_all().map_err(|e| SandboxError::io("syncing", tmp.path().to_path_buf(), e))?;
-    tmp.persist(file).map_err(|e| SandboxError::io("renaming into", file, e.error))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| SandboxError::io("creating a temp file in", dir, e))?;
+    let json =
+        serde_json::to_vec_pretty(runtime).map_err(|e| SandboxError::io("encoding", file, e))?;
+    tmp.write_all(&json)
+        .map_err(|e| SandboxError::io("writing", tmp.path().to_path_buf(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| SandboxError::io("syncing", tmp.path().to_path_buf(), e))?;
+    tmp.persist(file)
+        .map_err(|e| SandboxError::io("renaming into", file, e.error))?;
     Ok(())
 }

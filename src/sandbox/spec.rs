@@ -10,9 +10,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxResourcesBuilder, LinuxDeviceBuilder, LinuxDeviceType,
-    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use super::error::SandboxError;
@@ -62,7 +63,9 @@ impl RunSpec {
         RunSpec {
             rootfs: rootfs.into(),
             args,
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()],
+            env: vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ],
             cwd: "/".to_string(),
             uid: 0,
             gid: 0,
@@ -94,9 +97,17 @@ impl RunSpec {
             return Err(SandboxError::InvalidSpec("no command to run".to_string()));
         }
         if !self.cwd.starts_with('/') {
-            return Err(SandboxError::InvalidSpec(format!("working directory {:?} is not absolute", self.cwd)));
+            return Err(SandboxError::InvalidSpec(format!(
+                "working directory {:?} is not absolute",
+                self.cwd
+            )));
         }
-        for destination in self.mounts.iter().map(|m| &m.destination).chain(&self.tmpfs) {
+        for destination in self
+            .mounts
+            .iter()
+            .map(|m| &m.destination)
+            .chain(&self.tmpfs)
+        {
             if !destination.starts_with('/') || destination.split('/').any(|c| c == "..") {
                 return Err(SandboxError::InvalidSpec(format!(
                     "mount destination {destination:?} must be absolute without `..`"
@@ -139,7 +150,13 @@ const MASKED_PATHS: [&str; 11] = [
     "/sys/devices/virtual/powercap",
 ];
 
-const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// The character devices of `/dev`: (path, major, minor).
 const DEVICES: [(&str, i64, i64); 6] = [
@@ -151,7 +168,12 @@ const DEVICES: [(&str, i64, i64); 6] = [
     ("/dev/tty", 5, 0),
 ];
 
-fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SandboxError> {
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: &str,
+    options: &[&str],
+) -> Result<Mount, SandboxError> {
     Ok(MountBuilder::default()
         .destination(destination)
         .typ(typ)
@@ -165,13 +187,20 @@ fn bind(source: &Path, destination: &str, readonly: bool) -> Result<Mount, Sandb
         .destination(destination)
         .typ("bind")
         .source(source)
-        .options(vec!["rbind".to_string(), if readonly { "ro" } else { "rw" }.to_string()])
+        .options(vec![
+            "rbind".to_string(),
+            if readonly { "ro" } else { "rw" }.to_string(),
+        ])
         .build()?)
 }
 
 /// The OCI runtime config for `spec`, with `/etc/hosts` and `/etc/resolv.conf` bound from
 /// `hosts_file` and `resolv_file`.
-pub fn oci_spec_for(spec: &RunSpec, hosts_file: &Path, resolv_file: &Path) -> Result<Spec, SandboxError> {
+pub fn oci_spec_for(
+    spec: &RunSpec,
+    hosts_file: &Path,
+    resolv_file: &Path,
+) -> Result<Spec, SandboxError> {
     spec.validate()?;
     let capabilities: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
     // Like Docker: a non-root user keeps the bounding set but starts with no capabilities.
@@ -206,24 +235,60 @@ pub fn oci_spec_for(spec: &RunSpec, hosts_file: &Path, resolv_file: &Path) -> Re
 
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
         bind(hosts_file, "/etc/hosts", false)?,
         bind(resolv_file, "/etc/resolv.conf", false)?,
     ];
     for user_mount in &spec.mounts {
-        mounts.push(bind(&user_mount.source, &user_mount.destination, user_mount.readonly)?);
+        mounts.push(bind(
+            &user_mount.source,
+            &user_mount.destination,
+            user_mount.readonly,
+        )?);
     }
     for destination in &spec.tmpfs {
-        mounts.push(mount(destination, "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=1777"])?);
+        mounts.push(mount(
+            destination,
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777"],
+        )?);
     }
 
     let mut namespace_types = vec![
@@ -256,15 +321,33 @@ pub fn oci_spec_for(spec: &RunSpec, hosts_file: &Path, resolv_file: &Path) -> Re
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .devices(devices)
-        .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()?;
     // No cgroup limits: a build step may use the whole machine. Only the device rules are
     // set: without them runc's device cgroup denies even /dev/null.
     let mut device_rules = vec![
-        LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?,
+        LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()?,
         // /dev/pts/* and /dev/ptmx.
-        LinuxDeviceCgroupBuilder::default().allow(true).typ(LinuxDeviceType::C).major(136i64).access("rwm").build()?,
+        LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(136i64)
+            .access("rwm")
+            .build()?,
         LinuxDeviceCgroupBuilder::default()
             .allow(true)
             .typ(LinuxDeviceType::C)
@@ -273,11 +356,22 @@ pub fn oci_spec_for(spec: &RunSpec, hosts_file: &Path, resolv_file: &Path) -> Re
             .access("rwm")
             .build()?,
     ];
-    device_rules.extend(linux.devices().iter().flatten().map(LinuxDeviceCgroup::from));
-    let resources = LinuxResourcesBuilder::default().devices(device_rules).build()?;
+    device_rules.extend(
+        linux
+            .devices()
+            .iter()
+            .flatten()
+            .map(LinuxDeviceCgroup::from),
+    );
+    let resources = LinuxResourcesBuilder::default()
+        .devices(device_rules)
+        .build()?;
     linux.set_resources(Some(resources));
 
-    let root = RootBuilder::default().path(&spec.rootfs).readonly(false).build()?;
+    let root = RootBuilder::default()
+        .path(&spec.rootfs)
+        .readonly(false)
+        .build()?;
     let spec = SpecBuilder::default()
         .version("1.0.2")
         .root(root)

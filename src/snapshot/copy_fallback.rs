@@ -65,7 +65,10 @@ pub(crate) fn merge_lowers(lowers: &[PathBuf], target: &Path) -> Result<Baseline
 fn sorted_children(dir: &Path) -> Result<Vec<std::ffi::OsString>, SnapshotError> {
     let mut names = Vec::new();
     for item in fs::read_dir(dir).map_err(|e| SnapshotError::io("reading dir", dir, e))? {
-        names.push(item.map_err(|e| SnapshotError::io("reading dir", dir, e))?.file_name());
+        names.push(
+            item.map_err(|e| SnapshotError::io("reading dir", dir, e))?
+                .file_name(),
+        );
     }
     names.sort();
     Ok(names)
@@ -73,7 +76,9 @@ fn sorted_children(dir: &Path) -> Result<Vec<std::ffi::OsString>, SnapshotError>
 
 fn remove_any(path: &Path) -> Result<(), SnapshotError> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(|e| SnapshotError::io("removing", path, e)),
+        Ok(meta) if meta.is_dir() => {
+            fs::remove_dir_all(path).map_err(|e| SnapshotError::io("removing", path, e))
+        }
         Ok(_) => fs::remove_file(path).map_err(|e| SnapshotError::io("removing", path, e)),
         Err(_) => Ok(()),
     }
@@ -87,7 +92,8 @@ fn merge_dir(src_dir: &Path, dst_dir: &Path, links: &mut LinkMap) -> Result<(), 
         if meta.file_type().is_char_device() && meta.rdev() == 0 {
             remove_any(&dst)?;
         } else if meta.is_dir() {
-            let opaque = rustix::fs::lgetxattr(&src, "trusted.overlay.opaque", &mut [0u8; 1][..]).is_ok_and(|n| n == 1);
+            let opaque = rustix::fs::lgetxattr(&src, "trusted.overlay.opaque", &mut [0u8; 1][..])
+                .is_ok_and(|n| n == 1);
             let dst_is_dir = fs::symlink_metadata(&dst).is_ok_and(|m| m.is_dir());
             if opaque || !dst_is_dir {
                 remove_any(&dst)?;
@@ -107,26 +113,40 @@ fn merge_dir(src_dir: &Path, dst_dir: &Path, links: &mut LinkMap) -> Result<(), 
 type LinkMap = HashMap<(u64, u64), PathBuf>;
 
 /// Copies one non-directory node with its metadata, keeping hard links among copied nodes.
-fn copy_node(src: &Path, meta: &fs::Metadata, dst: &Path, links: &mut LinkMap) -> Result<(), SnapshotError> {
+fn copy_node(
+    src: &Path,
+    meta: &fs::Metadata,
+    dst: &Path,
+    links: &mut LinkMap,
+) -> Result<(), SnapshotError> {
     let file_type = meta.file_type();
     if meta.nlink() > 1 && !meta.is_dir() {
         let key = (meta.dev(), meta.ino());
         if let Some(first) = links.get(&key) {
-            return fs::hard_link(first, dst).map_err(|e| SnapshotError::io("hard-linking", dst, e));
+            return fs::hard_link(first, dst)
+                .map_err(|e| SnapshotError::io("hard-linking", dst, e));
         }
         links.insert(key, dst.to_path_buf());
     }
     if file_type.is_file() {
         fs::copy(src, dst).map_err(|e| SnapshotError::io("copying to", dst, e))?;
     } else if file_type.is_symlink() {
-        let target = fs::read_link(src).map_err(|e| SnapshotError::io("reading symlink", src, e))?;
-        std::os::unix::fs::symlink(&target, dst).map_err(|e| SnapshotError::io("creating symlink", dst, e))?;
+        let target =
+            fs::read_link(src).map_err(|e| SnapshotError::io("reading symlink", src, e))?;
+        std::os::unix::fs::symlink(&target, dst)
+            .map_err(|e| SnapshotError::io("creating symlink", dst, e))?;
     } else if file_type.is_socket() {
         return Ok(());
     } else {
         let node_type = FileType::from_raw_mode(meta.mode());
-        rustix::fs::mknodat(rustix::fs::CWD, dst, node_type, Mode::from_raw_mode(meta.mode() & 0o7777), meta.rdev())
-            .map_err(|e| SnapshotError::io("creating device node", dst, e))?;
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dst,
+            node_type,
+            Mode::from_raw_mode(meta.mode() & 0o7777),
+            meta.rdev(),
+        )
+        .map_err(|e| SnapshotError::io("creating device node", dst, e))?;
     }
     copy_metadata(src, meta, dst)
 }
@@ -149,10 +169,15 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
         return Ok(());
     }
     let mut names = vec![0u8; size];
-    let len = rustix::fs::llistxattr(src, &mut names[..]).map_err(|e| SnapshotError::io("listing xattrs", src, e))?;
+    let len = rustix::fs::llistxattr(src, &mut names[..])
+        .map_err(|e| SnapshotError::io("listing xattrs", src, e))?;
     names.truncate(len);
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay.")) {
-        let value_size = rustix::fs::lgetxattr_query(src, name).map_err(|e| SnapshotError::io("reading an xattr of", src, e))?;
+    for name in names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !n.starts_with(b"trusted.overlay."))
+    {
+        let value_size = rustix::fs::lgetxattr_query(src, name)
+            .map_err(|e| SnapshotError::io("reading an xattr of", src, e))?;
         let mut value = vec![0u8; value_size];
         let value_len = rustix::fs::lgetxattr(src, name, &mut value[..])
             .map_err(|e| SnapshotError::io("reading an xattr of", src, e))?;
@@ -163,18 +188,29 @@ fn copy_xattrs(src: &Path, dst: &Path) -> Result<(), SnapshotError> {
 }
 
 fn set_mtime(path: &Path, seconds: i64, nanos: i64) -> Result<(), SnapshotError> {
-    let time = Timespec { tv_sec: seconds, tv_nsec: nanos };
-    let times = Timestamps { last_access: time, last_modification: time };
+    let time = Timespec {
+        tv_sec: seconds,
+        tv_nsec: nanos,
+    };
+    let times = Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
     rustix::fs::utimensat(rustix::fs::CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
         .map_err(|e| SnapshotError::io("setting mtime of", path, e))
 }
 
-fn record_stamps(root: &Path, rel: &Path, stamps: &mut HashMap<PathBuf, Stamp>) -> Result<(), SnapshotError> {
+fn record_stamps(
+    root: &Path,
+    rel: &Path,
+    stamps: &mut HashMap<PathBuf, Stamp>,
+) -> Result<(), SnapshotError> {
     let dir = root.join(rel);
     for name in sorted_children(&dir)? {
         let child_rel = rel.join(&name);
         let child = root.join(&child_rel);
-        let meta = fs::symlink_metadata(&child).map_err(|e| SnapshotError::io("stat", &child, e))?;
+        let meta =
+            fs::symlink_metadata(&child).map_err(|e| SnapshotError::io("stat", &child, e))?;
         stamps.insert(child_rel.clone(), Stamp::of(&meta));
         if meta.is_dir() {
             record_stamps(root, &child_rel, stamps)?;
@@ -185,7 +221,11 @@ fn record_stamps(root: &Path, rel: &Path, stamps: &mut HashMap<PathBuf, Stamp>) 
 
 /// Writes the changes of `target` since `baseline` into `upper` in overlay form, then empties
 /// `target`.
-pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &Path) -> Result<(), SnapshotError> {
+pub(crate) fn move_changes_to_upper(
+    baseline: &Baseline,
+    target: &Path,
+    upper: &Path,
+) -> Result<(), SnapshotError> {
     let mut now = HashMap::new();
     record_stamps(target, Path::new(""), &mut now)?;
     let mut paths: Vec<&PathBuf> = now.keys().collect();
@@ -201,7 +241,8 @@ pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &
         let src = target.join(rel);
         let meta = fs::symlink_metadata(&src).map_err(|e| SnapshotError::io("stat", &src, e))?;
         if stamp.is_dir() {
-            let same_dir = before.is_some_and(|b| b.is_dir() && b.ino == stamp.ino && b.dev == stamp.dev);
+            let same_dir =
+                before.is_some_and(|b| b.is_dir() && b.ino == stamp.ino && b.dev == stamp.dev);
             if !same_dir {
                 fresh_dirs.insert(rel.clone());
             }
@@ -213,8 +254,13 @@ pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &
                     upper_dirs.push(rel.clone());
                 }
                 if !same_dir && before.is_some_and(Stamp::is_dir) && !under_fresh {
-                    rustix::fs::lsetxattr(&dst, "trusted.overlay.opaque", b"y", XattrFlags::empty())
-                        .map_err(|e| SnapshotError::io("marking opaque", &dst, e))?;
+                    rustix::fs::lsetxattr(
+                        &dst,
+                        "trusted.overlay.opaque",
+                        b"y",
+                        XattrFlags::empty(),
+                    )
+                    .map_err(|e| SnapshotError::io("marking opaque", &dst, e))?;
                 }
             }
         } else if under_fresh || before != Some(stamp) {
@@ -222,7 +268,11 @@ pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &
             copy_node(&src, &meta, &upper.join(rel), &mut links)?;
         }
     }
-    let mut deleted: Vec<&PathBuf> = baseline.stamps.keys().filter(|p| !now.contains_key(*p)).collect();
+    let mut deleted: Vec<&PathBuf> = baseline
+        .stamps
+        .keys()
+        .filter(|p| !now.contains_key(*p))
+        .collect();
     deleted.sort();
     let mut whited_out: BTreeSet<&PathBuf> = BTreeSet::new();
     for rel in deleted {
@@ -235,8 +285,14 @@ pub(crate) fn move_changes_to_upper(baseline: &Baseline, target: &Path, upper: &
         }
         ensure_upper_parents(target, upper, rel, &mut upper_dirs)?;
         let dst = upper.join(rel);
-        rustix::fs::mknodat(rustix::fs::CWD, &dst, FileType::CharacterDevice, Mode::empty(), 0)
-            .map_err(|e| SnapshotError::io("creating whiteout", &dst, e))?;
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &dst,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )
+        .map_err(|e| SnapshotError::io("creating whiteout", &dst, e))?;
         whited_out.insert(rel);
     }
     // Dir mtimes last: creating entries inside them changed them.
@@ -258,7 +314,11 @@ fn ensure_upper_parents(
     rel: &Path,
     upper_dirs: &mut Vec<PathBuf>,
 ) -> Result<(), SnapshotError> {
-    let parents: Vec<&Path> = rel.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).collect();
+    let parents: Vec<&Path> = rel
+        .ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .collect();
     for parent in parents.into_iter().rev() {
         let dst = upper.join(parent);
         if !dst.exists() {

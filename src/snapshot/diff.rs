@@ -23,6 +23,8 @@
 //!
 //! "A lower has the path" means the top-most lower holding the path (resolved inside that
 //! lower, never following its symlinks out of it) has something other than a whiteout there.
+//! Known gap: a mount point reached through a symlink in the rootfs (e.g. `/etc/resolv.conf`
+//! pointing into `/run`) gets its placeholder where the link points, which is not recognised.
 
 use std::collections::HashMap;
 use std::fs;
@@ -69,8 +71,12 @@ pub fn diff_upper_ignoring(
 ) -> Result<Vec<Entry>, SnapshotError> {
     let mut lower_dirs = Vec::with_capacity(lowers.len());
     for lower in lowers {
-        let fd = rustix::fs::open(lower, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| SnapshotError::io("opening lower dir", lower, e))?;
+        let fd = rustix::fs::open(
+            lower,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SnapshotError::io("opening lower dir", lower, e))?;
         lower_dirs.push(fd);
     }
     let mount_points = DEFAULT_MOUNT_POINTS
@@ -104,19 +110,31 @@ struct Differ {
 }
 
 impl Differ {
-    fn walk_dir(&mut self, rel: &str, abs: &Path, out: &mut Vec<Entry>) -> Result<(), SnapshotError> {
+    fn walk_dir(
+        &mut self,
+        rel: &str,
+        abs: &Path,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), SnapshotError> {
         let mut names = Vec::new();
         for item in fs::read_dir(abs).map_err(|e| SnapshotError::io("reading dir", abs, e))? {
             let item = item.map_err(|e| SnapshotError::io("reading dir", abs, e))?;
-            let name = item.file_name().into_string().map_err(|name| SnapshotError::Unsupported {
-                path: abs.join(&name),
-                reason: "file name is not UTF-8".to_string(),
-            })?;
+            let name =
+                item.file_name()
+                    .into_string()
+                    .map_err(|name| SnapshotError::Unsupported {
+                        path: abs.join(&name),
+                        reason: "file name is not UTF-8".to_string(),
+                    })?;
             names.push(name);
         }
         names.sort_unstable();
         for name in names {
-            let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let child_rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
             self.visit(&child_rel, &abs.join(&name), out)?;
         }
         Ok(())
@@ -148,9 +166,13 @@ impl Differ {
             });
             return Ok(());
         }
-        let opaque = all_xattrs.iter().any(|(n, v)| n == OPAQUE_XATTR && v.as_slice() == b"y");
-        let xattrs: Vec<(String, Vec<u8>)> =
-            all_xattrs.into_iter().filter(|(n, _)| !n.starts_with(OVERLAY_XATTR_PREFIX)).collect();
+        let opaque = all_xattrs
+            .iter()
+            .any(|(n, v)| n == OPAQUE_XATTR && v.as_slice() == b"y");
+        let xattrs: Vec<(String, Vec<u8>)> = all_xattrs
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with(OVERLAY_XATTR_PREFIX))
+            .collect();
         let entry = |kind| Entry {
             path: rel.to_string(),
             kind,
@@ -182,7 +204,9 @@ impl Differ {
             if meta.nlink() > 1 {
                 let key = (meta.dev(), meta.ino());
                 if let Some(first) = self.first_path_of_inode.get(&key) {
-                    out.push(entry(EntryKind::Hardlink { target: first.clone() }));
+                    out.push(entry(EntryKind::Hardlink {
+                        target: first.clone(),
+                    }));
                     return Ok(());
                 }
                 self.first_path_of_inode.insert(key, rel.to_string());
@@ -192,11 +216,16 @@ impl Differ {
                 size: meta.len(),
             }));
         } else if file_type.is_symlink() {
-            let target = fs::read_link(abs).map_err(|e| SnapshotError::io("reading symlink", abs, e))?;
-            let target = target.into_os_string().into_string().map_err(|_| SnapshotError::Unsupported {
-                path: abs.to_path_buf(),
-                reason: "symlink target is not UTF-8".to_string(),
-            })?;
+            let target =
+                fs::read_link(abs).map_err(|e| SnapshotError::io("reading symlink", abs, e))?;
+            let target =
+                target
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|_| SnapshotError::Unsupported {
+                        path: abs.to_path_buf(),
+                        reason: "symlink target is not UTF-8".to_string(),
+                    })?;
             out.push(entry(EntryKind::Symlink { target }));
         } else if file_type.is_char_device() || file_type.is_block_device() {
             let rdev = meta.rdev();
@@ -232,7 +261,8 @@ impl Differ {
         match self.lower_stat(rel) {
             None => true,
             Some(lower) => {
-                let lower_is_dir = rustix::fs::FileType::from_raw_mode(lower.st_mode) == rustix::fs::FileType::Directory;
+                let lower_is_dir = rustix::fs::FileType::from_raw_mode(lower.st_mode)
+                    == rustix::fs::FileType::Directory;
                 // A mount point itself that already exists in a lower is never created by the
                 // runtime, so an upper copy of it means a real change.
                 lower_is_dir
@@ -249,13 +279,17 @@ impl Differ {
     fn lower_stat(&self, rel: &str) -> Option<rustix::fs::Stat> {
         for lower in &self.lower_dirs {
             let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let Ok(fd) = rustix::fs::openat2(lower, rel, flags, Mode::empty(), ResolveFlags::IN_ROOT) else {
+            let Ok(fd) =
+                rustix::fs::openat2(lower, rel, flags, Mode::empty(), ResolveFlags::IN_ROOT)
+            else {
                 continue;
             };
-            let Ok(stat) = rustix::fs::fstat(&fd) else { continue };
-            let is_whiteout =
-                rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::CharacterDevice
-                    && stat.st_rdev == 0;
+            let Ok(stat) = rustix::fs::fstat(&fd) else {
+                continue;
+            };
+            let is_whiteout = rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                == rustix::fs::FileType::CharacterDevice
+                && stat.st_rdev == 0;
             return if is_whiteout { None } else { Some(stat) };
         }
         None
@@ -265,7 +299,8 @@ impl Differ {
 /// All extended attributes of `path` (not following a symlink), sorted by name.
 /// A file system without xattr support has none.
 fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, SnapshotError> {
-    let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP;
+    let unsupported =
+        |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP;
     let size = match rustix::fs::llistxattr_query(path) {
         Ok(0) => return Ok(Vec::new()),
         Ok(size) => size,
@@ -273,7 +308,8 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, SnapshotError> {
         Err(e) => return Err(SnapshotError::io("listing xattrs", path, e)),
     };
     let mut names = vec![0u8; size];
-    let len = rustix::fs::llistxattr(path, &mut names[..]).map_err(|e| SnapshotError::io("listing xattrs", path, e))?;
+    let len = rustix::fs::llistxattr(path, &mut names[..])
+        .map_err(|e| SnapshotError::io("listing xattrs", path, e))?;
     names.truncate(len);
     let mut xattrs = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
@@ -284,7 +320,8 @@ fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>, SnapshotError> {
         let read_error = |e| SnapshotError::io("reading an xattr of", path, e);
         let value_size = rustix::fs::lgetxattr_query(path, name.as_str()).map_err(read_error)?;
         let mut value = vec![0u8; value_size];
-        let value_len = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]).map_err(read_error)?;
+        let value_len =
+            rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]).map_err(read_error)?;
         value.truncate(value_len);
         xattrs.push((name, value));
     }

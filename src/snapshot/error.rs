@@ -39,7 +39,11 @@ pub enum SnapshotError {
 
 impl SnapshotError {
     /// An I/O error of operation `op` on `path`.
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
         SnapshotError::Io {
             op,
             path: path.into(),

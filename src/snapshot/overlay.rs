@@ -46,8 +46,11 @@ pub struct OverlayMount {
 }
 
 /// Overlay options that keep the upper dir a plain, self-contained diff.
-const DIFF_FRIENDLY_OPTIONS: [(&str, &str); 3] =
-    [("redirect_dir", "off"), ("metacopy", "off"), ("index", "off")];
+const DIFF_FRIENDLY_OPTIONS: [(&str, &str); 3] = [
+    ("redirect_dir", "off"),
+    ("metacopy", "off"),
+    ("index", "off"),
+];
 
 static COPY_FALLBACK_WARNING: Once = Once::new();
 
@@ -65,7 +68,12 @@ impl OverlayMount {
 
     /// Makes the merged view by copying, as where overlayfs is unavailable (slow; for tests and
     /// for debugging file systems that misbehave under overlayfs).
-    pub fn mount_copy(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<OverlayMount, SnapshotError> {
+    pub fn mount_copy(
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<OverlayMount, SnapshotError> {
         Self::mount_with(lowers, upper, work, target, true)
     }
 
@@ -81,7 +89,9 @@ impl OverlayMount {
             let dir = tempfile::Builder::new()
                 .prefix("imgbuild-empty-lower-")
                 .tempdir()
-                .map_err(|e| SnapshotError::io("creating empty lower dir", std::env::temp_dir(), e))?;
+                .map_err(|e| {
+                    SnapshotError::io("creating empty lower dir", std::env::temp_dir(), e)
+                })?;
             let path = dir.path().to_path_buf();
             empty_lower = Some(dir);
             vec![path]
@@ -149,16 +159,15 @@ impl OverlayMount {
         }
         self.mounted = false;
         match self.kind {
-            MountKind::Overlay => {
-                rustix::mount::unmount(&self.target, UnmountFlags::empty()).map_err(|e| {
-                    SnapshotError::Unmount {
-                        target: self.target.clone(),
-                        source: e.into(),
-                    }
-                })
-            }
+            MountKind::Overlay => rustix::mount::unmount(&self.target, UnmountFlags::empty())
+                .map_err(|e| SnapshotError::Unmount {
+                    target: self.target.clone(),
+                    source: e.into(),
+                }),
             MountKind::Copy => match self.baseline.take() {
-                Some(baseline) => copy_fallback::move_changes_to_upper(&baseline, &self.target, &self.upper),
+                Some(baseline) => {
+                    copy_fallback::move_changes_to_upper(&baseline, &self.target, &self.upper)
+                }
                 None => Ok(()),
             },
         }
@@ -185,19 +194,35 @@ enum OverlayAttempt {
     Failed(String),
 }
 
-fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OverlayAttempt> {
+fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), OverlayAttempt> {
     let fs = match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
         Ok(fs) => fs,
         Err(e) if e == rustix::io::Errno::NODEV || e == rustix::io::Errno::PERM => {
-            return Err(OverlayAttempt::Unavailable(format!("fsopen(overlay): {}", io::Error::from(e))));
+            return Err(OverlayAttempt::Unavailable(format!(
+                "fsopen(overlay): {}",
+                io::Error::from(e)
+            )));
         }
         // ENOSYS: no new mount API; try the classic mount(2).
-        Err(e) if e == rustix::io::Errno::NOSYS => return mount_overlay_classic(lowers, upper, work, target),
-        Err(e) => return Err(OverlayAttempt::Failed(format!("fsopen(overlay): {}", io::Error::from(e)))),
+        Err(e) if e == rustix::io::Errno::NOSYS => {
+            return mount_overlay_classic(lowers, upper, work, target);
+        }
+        Err(e) => {
+            return Err(OverlayAttempt::Failed(format!(
+                "fsopen(overlay): {}",
+                io::Error::from(e)
+            )));
+        }
     };
     for (index, lower) in lowers.iter().enumerate() {
         if let Err(e) = rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower) {
-            if index == 0 && e == rustix::io::Errno::INVAL && fs_messages(&fs).contains("lowerdir+") {
+            if index == 0 && e == rustix::io::Errno::INVAL && fs_messages(&fs).contains("lowerdir+")
+            {
                 // Kernel before 6.8: no `lowerdir+` key.
                 return mount_overlay_classic(lowers, upper, work, target);
             }
@@ -209,7 +234,8 @@ fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -
     for (key, value) in DIFF_FRIENDLY_OPTIONS {
         set_option(&fs, key, Path::new(value))?;
     }
-    rustix::mount::fsconfig_create(&fs).map_err(|e| config_error(&fs, "creating the overlay", e))?;
+    rustix::mount::fsconfig_create(&fs)
+        .map_err(|e| config_error(&fs, "creating the overlay", e))?;
     let mnt = rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         .map_err(|e| config_error(&fs, "fsmount", e))?;
     rustix::mount::move_mount(
@@ -229,7 +255,11 @@ fn set_option(fs: &OwnedFd, key: &str, value: &Path) -> Result<(), OverlayAttemp
 
 fn config_error(fs: &OwnedFd, what: &str, errno: rustix::io::Errno) -> OverlayAttempt {
     let messages = fs_messages(fs);
-    let detail = if messages.is_empty() { String::new() } else { format!(" ({messages})") };
+    let detail = if messages.is_empty() {
+        String::new()
+    } else {
+        format!(" ({messages})")
+    };
     OverlayAttempt::Failed(format!("{what}: {}{detail}", io::Error::from(errno)))
 }
 
@@ -248,15 +278,31 @@ fn fs_messages(fs: &OwnedFd) -> String {
 }
 
 /// `mount(2)` with a `lowerdir=` option string; only for kernels without `lowerdir+`.
-fn mount_overlay_classic(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OverlayAttempt> {
+fn mount_overlay_classic(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), OverlayAttempt> {
     let mut lower_list = Vec::with_capacity(lowers.len());
     for lower in lowers {
-        let text = lower.to_str().filter(|t| !t.contains([':', ',', '\\'])).ok_or_else(|| {
-            OverlayAttempt::Failed(format!("lower dir {} has characters the option string cannot hold", lower.display()))
-        })?;
+        let text = lower
+            .to_str()
+            .filter(|t| !t.contains([':', ',', '\\']))
+            .ok_or_else(|| {
+                OverlayAttempt::Failed(format!(
+                    "lower dir {} has characters the option string cannot hold",
+                    lower.display()
+                ))
+            })?;
         lower_list.push(text);
     }
-    let mut options = format!("lowerdir={},upperdir={},workdir={}", lower_list.join(":"), upper.display(), work.display());
+    let mut options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_list.join(":"),
+        upper.display(),
+        work.display()
+    );
     for (key, value) in DIFF_FRIENDLY_OPTIONS {
         options.push_str(&format!(",{key}={value}"));
     }
@@ -272,11 +318,20 @@ fn mount_overlay_classic(lowers: &[PathBuf], upper: &Path, work: &Path, target: 
     }
     let options = std::ffi::CString::new(options)
         .map_err(|_| OverlayAttempt::Failed("a lower dir path contains a NUL byte".to_string()))?;
-    match rustix::mount::mount("overlay", target, "overlay", MountFlags::empty(), Some(options.as_c_str())) {
+    match rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        Some(options.as_c_str()),
+    ) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::NODEV || e == rustix::io::Errno::PERM => {
-            Err(OverlayAttempt::Unavailable(format!("mount(overlay): {}", io::Error::from(e))))
-        }
-        Err(e) => Err(OverlayAttempt::Failed(format!("mount(overlay): {}", io::Error::from(e)))),
+        Err(e) if e == rustix::io::Errno::NODEV || e == rustix::io::Errno::PERM => Err(
+            OverlayAttempt::Unavailable(format!("mount(overlay): {}", io::Error::from(e))),
+        ),
+        Err(e) => Err(OverlayAttempt::Failed(format!(
+            "mount(overlay): {}",
+            io::Error::from(e)
+        ))),
     }
 }

@@ -38,11 +38,16 @@ pub struct Snapshots {
 impl Snapshots {
     /// Opens (creating) the snapshot root and removes stale unpacks left by crashes.
     pub fn open(root: &Path) -> Result<Snapshots, SnapshotError> {
-        let snapshots = Snapshots { root: root.to_path_buf() };
+        let snapshots = Snapshots {
+            root: root.to_path_buf(),
+        };
         let tmp = snapshots.tmp_dir();
         fs::create_dir_all(&tmp).map_err(|e| SnapshotError::io("creating dir", &tmp, e))?;
         let now = SystemTime::now();
-        for item in fs::read_dir(&tmp).map_err(|e| SnapshotError::io("reading dir", &tmp, e))?.flatten() {
+        for item in fs::read_dir(&tmp)
+            .map_err(|e| SnapshotError::io("reading dir", &tmp, e))?
+            .flatten()
+        {
             let age = item
                 .metadata()
                 .and_then(|m| m.modified())
@@ -56,6 +61,11 @@ impl Snapshots {
         Ok(snapshots)
     }
 
+    /// The OCI chain id rule, as [`chain_id`].
+    pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+        chain_id(parent, diff_id)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -65,7 +75,9 @@ impl Snapshots {
     }
 
     fn snapshot_dir(&self, chain_id: &Digest) -> PathBuf {
-        self.root.join(chain_id.algorithm().name()).join(chain_id.hex())
+        self.root
+            .join(chain_id.algorithm().name())
+            .join(chain_id.hex())
     }
 
     /// The unpacked file system of snapshot `chain_id`, if it exists.
@@ -97,7 +109,8 @@ impl Snapshots {
             });
         }
         let tmp_root = self.tmp_dir();
-        fs::create_dir_all(&tmp_root).map_err(|e| SnapshotError::io("creating dir", &tmp_root, e))?;
+        fs::create_dir_all(&tmp_root)
+            .map_err(|e| SnapshotError::io("creating dir", &tmp_root, e))?;
         let staging = tempfile::Builder::new()
             .prefix(chain_id.short())
             .tempdir_in(&tmp_root)
@@ -110,17 +123,20 @@ impl Snapshots {
         })?;
         if let Some(parent) = parent {
             let parent_file = staging.path().join("parent");
-            let mut file =
-                fs::File::create(&parent_file).map_err(|e| SnapshotError::io("creating", &parent_file, e))?;
+            let mut file = fs::File::create(&parent_file)
+                .map_err(|e| SnapshotError::io("creating", &parent_file, e))?;
             file.write_all(parent.to_string().as_bytes())
                 .map_err(|e| SnapshotError::io("writing", &parent_file, e))?;
         }
         // Make the content durable before the rename publishes it.
-        let dir = fs::File::open(staging.path()).map_err(|e| SnapshotError::io("opening", staging.path(), e))?;
-        rustix::fs::syncfs(&dir).map_err(|e| SnapshotError::io("syncing file system of", staging.path(), e))?;
+        let dir = fs::File::open(staging.path())
+            .map_err(|e| SnapshotError::io("opening", staging.path(), e))?;
+        rustix::fs::syncfs(&dir)
+            .map_err(|e| SnapshotError::io("syncing file system of", staging.path(), e))?;
         let final_dir = self.snapshot_dir(chain_id);
         let algorithm_dir = self.root.join(chain_id.algorithm().name());
-        fs::create_dir_all(&algorithm_dir).map_err(|e| SnapshotError::io("creating dir", &algorithm_dir, e))?;
+        fs::create_dir_all(&algorithm_dir)
+            .map_err(|e| SnapshotError::io("creating dir", &algorithm_dir, e))?;
         let staged = staging.keep();
         match fs::rename(&staged, &final_dir) {
             Ok(()) => {
@@ -136,7 +152,11 @@ impl Snapshots {
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&staged);
-                Err(SnapshotError::io("renaming unpacked snapshot to", final_dir, e))
+                Err(SnapshotError::io(
+                    "renaming unpacked snapshot to",
+                    final_dir,
+                    e,
+                ))
             }
         }
     }
@@ -153,10 +173,14 @@ impl Snapshots {
             lowers.push(fs_dir);
             let parent_file = self.snapshot_dir(&id).join("parent");
             current = match fs::read_to_string(&parent_file) {
-                Ok(text) => Some(Digest::parse(text.trim()).map_err(|e| SnapshotError::Corrupt {
-                    chain_id: id.clone(),
-                    message: format!("{}: {e}", parent_file.display()),
-                })?),
+                Ok(text) => {
+                    Some(
+                        Digest::parse(text.trim()).map_err(|e| SnapshotError::Corrupt {
+                            chain_id: id.clone(),
+                            message: format!("{}: {e}", parent_file.display()),
+                        })?,
+                    )
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(SnapshotError::io("reading", parent_file, e)),
             };
