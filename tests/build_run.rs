@@ -234,7 +234,15 @@ fn ctrl_c_during_run_kills_the_container_and_cleans_up() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
         .arg("--root")
         .arg(&root)
-        .args(["build", "--progress", "plain", "-t", "interrupted:1", "--build-arg", &build_arg])
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "interrupted:1",
+            "--build-arg",
+            &build_arg,
+        ])
         .arg(&context)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -263,9 +271,15 @@ fn ctrl_c_during_run_kills_the_container_and_cleans_up() {
         "Ctrl-C did not stop the RUN"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(root.to_str().unwrap()), "mount left behind: {mounts}");
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "mount left behind: {mounts}"
+    );
     let containers = run("runc", &["list"]);
-    assert!(!containers.contains(root.to_str().unwrap()), "container left behind: {containers}");
+    assert!(
+        !containers.contains(root.to_str().unwrap()),
+        "container left behind: {containers}"
+    );
     fails(imgbuild(&root, &["inspect", "interrupted:1"]));
 }
 
