@@ -6,6 +6,7 @@ use parse_dockerfile as syntax;
 use super::duration::parse_go_duration;
 use super::error::{DockerfileError, line_column};
 use super::flags::{FlagError, FlagKind, Flags, RawFlag};
+use super::heredoc::complete_run_heredocs;
 use super::model::*;
 use super::words::{split_arg_decls, split_name_values};
 
@@ -42,7 +43,10 @@ const HEALTHCHECK_FLAGS: &[(&str, FlagKind)] = &[
 
 /// Parses Dockerfile `text`; `file_label` names the file in error locations (e.g. `Dockerfile`).
 pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError> {
-    let tree = syntax::parse(text).map_err(|e| syntax_error(text, file_label, &e))?;
+    let completed = complete_run_heredocs(text, file_label)?;
+    let original = text;
+    let text = completed.text.as_str();
+    let tree = syntax::parse(text).map_err(|e| syntax_error(original, file_label, &e))?;
     let escape = tree
         .parser_directives
         .escape
@@ -53,6 +57,8 @@ pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError
         file: file_label,
         escape,
         starts: instruction_starts(&tree.instructions),
+        original,
+        extra_heredocs: completed.extra,
     };
 
     let global_args = tree
@@ -73,7 +79,7 @@ pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError
             let at = &stage.location;
             return Err(DockerfileError::at(
                 file_label,
-                text,
+                original,
                 at.line,
                 at.column,
                 format!("duplicate stage name {name:?}"),
@@ -135,7 +141,12 @@ fn keyword_span(instruction: &syntax::Instruction<'_>) -> syntax::Span {
 }
 
 struct Converter<'t> {
+    /// The text the crate parsed (extra RUN here-document bodies blanked out).
     text: &'t str,
+    /// The Dockerfile as written, for the source lines shown with errors.
+    original: &'t str,
+    /// RUN here-documents the crate did not read, by the RUN's line.
+    extra_heredocs: std::collections::HashMap<usize, Vec<HereDoc>>,
     file: &'t str,
     escape: char,
     starts: Vec<usize>,
@@ -144,7 +155,7 @@ struct Converter<'t> {
 impl Converter<'_> {
     fn error_at(&self, offset: usize, message: impl Into<String>) -> DockerfileError {
         let (line, column) = line_column(self.text, offset);
-        DockerfileError::at(self.file, self.text, line, column, message)
+        DockerfileError::at(self.file, self.original, line, column, message)
     }
 
     fn location(&self, offset: usize) -> Location {
@@ -328,7 +339,7 @@ impl Converter<'_> {
 
     fn run(&self, run: &syntax::RunInstruction<'_>) -> Result<RunInstr, DockerfileError> {
         let flags = self.flags(&run.options, RUN_FLAGS)?;
-        let (command, heredocs) = if run.here_docs.is_empty() {
+        let (command, mut heredocs) = if run.here_docs.is_empty() {
             (command_form(&run.arguments), Vec::new())
         } else {
             // The crate puts only the text after the delimiter in `arguments`; rebuild the whole first line.
@@ -342,6 +353,10 @@ impl Converter<'_> {
             let heredocs = self.name_heredocs(line, run.here_docs.iter());
             (CommandForm::Shell(line.to_string()), heredocs)
         };
+        let line = line_column(self.text, run.run.span.start).0;
+        if let Some(extra) = self.extra_heredocs.get(&line) {
+            heredocs.extend(extra.iter().cloned());
+        }
         Ok(RunInstr {
             command,
             heredocs,

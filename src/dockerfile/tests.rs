@@ -422,3 +422,58 @@ fn unterminated_heredoc_is_an_error() {
     let e = err("FROM scratch\nRUN <<EOF\necho\n");
     assert!(e.message.contains("EOF"), "{}", e.message);
 }
+
+#[test]
+fn run_heredoc_after_the_command() {
+    let d = parse_ok("FROM scratch\nRUN cat <<EOF > /greeting\nhello $NAME\nEOF\nRUN true\n");
+    let instructions = &d.stages[0].instructions;
+    assert_eq!(instructions.len(), 2);
+    let Instruction::Run(run) = &instructions[0].instruction else {
+        panic!("not RUN")
+    };
+    assert_eq!(
+        run.command,
+        CommandForm::Shell("cat <<EOF > /greeting".into())
+    );
+    assert_eq!(
+        run.heredocs,
+        vec![HereDoc {
+            name: "EOF".into(),
+            content: "hello $NAME\n".into(),
+            expand: true,
+            strip_tabs: false
+        }]
+    );
+    assert_eq!(
+        run.shell_script().as_deref(),
+        Some("cat <<EOF > /greeting\nhello $NAME\nEOF")
+    );
+    assert_eq!(instructions[1].location.line, 5);
+}
+
+#[test]
+fn run_with_two_heredocs() {
+    let Instruction::Run(run) =
+        only_instruction("FROM scratch\nRUN <<A <<'B'\necho a\nA\necho $b\nB\n")
+    else {
+        panic!("not RUN")
+    };
+    assert_eq!(run.command, CommandForm::Shell("<<A <<'B'".into()));
+    let names: Vec<(&str, &str, bool)> = run
+        .heredocs
+        .iter()
+        .map(|d| (d.name.as_str(), d.content.as_str(), d.expand))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("A", "echo a\n", true), ("B", "echo $b\n", false)]
+    );
+}
+
+#[test]
+fn unterminated_heredoc_after_command_is_an_error() {
+    let e = err("FROM scratch\nRUN cat <<EOF\nhello\n");
+    assert_eq!(e.location.line, 2);
+    assert!(e.message.contains("EOF"), "{}", e.message);
+    assert_eq!(e.source_line, "RUN cat <<EOF");
+}
