@@ -29,7 +29,7 @@ pub(crate) fn complete_run_heredocs(
     let mut text = original.to_string();
     let mut extra: HashMap<usize, Vec<HereDoc>> = HashMap::new();
     // Each round fixes the first RUN with missed bodies, then parses again (the crate has no resume).
-    while let Some((line, docs, blank)) = next_missed(&text, &extra, escape, file, original)? {
+    while let Some((line, (docs, blank))) = next_missed(&text, &extra, escape, file, original)? {
         let newlines = text[blank.clone()].matches('\n').count();
         text.replace_range(blank, &"\n".repeat(newlines));
         extra.insert(line, docs);
@@ -45,7 +45,7 @@ fn next_missed(
     escape: char,
     file: &str,
     original: &str,
-) -> Result<Option<(usize, Vec<HereDoc>, std::ops::Range<usize>)>, DockerfileError> {
+) -> Result<Option<(usize, Bodies)>, DockerfileError> {
     let Ok(instructions) = syntax::parse_iter(text) else {
         return Ok(None);
     };
@@ -59,7 +59,7 @@ fn next_missed(
                     continue;
                 }
                 if let Some((docs, blank)) = missed_bodies(text, &run, escape, file, original)? {
-                    return Ok(Some((line, docs, blank)));
+                    return Ok(Some((line, (docs, blank))));
                 }
             }
             Ok(_) => {}
