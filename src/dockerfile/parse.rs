@@ -184,30 +184,7 @@ impl Converter<'_> {
         {
             lines.pop();
         }
-        let mut joined = String::new();
-        let mut continued = false;
-        for line in lines {
-            if continued && line.trim_start().starts_with('#') {
-                continue;
-            }
-            let trimmed = line.trim_end();
-            match trimmed.strip_suffix(self.escape) {
-                Some(head) => {
-                    joined.push_str(head);
-                    continued = true;
-                }
-                None => {
-                    if continued || joined.is_empty() {
-                        joined.push_str(line);
-                    } else {
-                        joined.push('\n');
-                        joined.push_str(line);
-                    }
-                    continued = false;
-                }
-            }
-        }
-        joined.trim_end().to_string()
+        join_continuations(&lines.join("\n"), self.escape)
     }
 
     fn flags(
@@ -316,8 +293,8 @@ impl Converter<'_> {
                     list.iter().map(|a| a.value.to_string()).collect()
                 }
             }),
-            I::Cmd(c) => Instruction::Cmd(command_form(&c.arguments)),
-            I::Entrypoint(e) => Instruction::Entrypoint(command_form(&e.arguments)),
+            I::Cmd(c) => Instruction::Cmd(command_form(&c.arguments, self.escape)),
+            I::Entrypoint(e) => Instruction::Entrypoint(command_form(&e.arguments, self.escape)),
             I::Shell(s) => {
                 Instruction::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect())
             }
@@ -340,7 +317,7 @@ impl Converter<'_> {
     fn run(&self, run: &syntax::RunInstruction<'_>) -> Result<RunInstr, DockerfileError> {
         let flags = self.flags(&run.options, RUN_FLAGS)?;
         let (command, mut heredocs) = if run.here_docs.is_empty() {
-            (command_form(&run.arguments), Vec::new())
+            (command_form(&run.arguments, self.escape), Vec::new())
         } else {
             // The crate puts only the text after the delimiter in `arguments`; rebuild the whole first line.
             let after_keyword = run.run.span.end;
@@ -466,7 +443,7 @@ impl Converter<'_> {
                     })?),
                 };
                 Ok(Healthcheck::Cmd {
-                    test: command_form(arguments),
+                    test: command_form(arguments, self.escape),
                     interval: duration("interval")?,
                     timeout: duration("timeout")?,
                     start_period: duration("start-period")?,
@@ -477,6 +454,33 @@ impl Converter<'_> {
             _ => Err(self.error_at(h.healthcheck.span.start, "unsupported HEALTHCHECK form")),
         }
     }
+}
+
+/// Joins continuation lines as Docker does: an escape character ending a line is removed together with
+/// the newline, and comment lines inside the continuation are dropped; other newlines (here-document
+/// bodies) stay.
+fn join_continuations(raw: &str, escape: char) -> String {
+    let mut joined = String::new();
+    let mut continued = false;
+    for line in raw.lines() {
+        if continued && line.trim_start().starts_with('#') {
+            continue;
+        }
+        if !continued && !joined.is_empty() {
+            joined.push('\n');
+        }
+        match line.trim_end().strip_suffix(escape) {
+            Some(head) => {
+                joined.push_str(head);
+                continued = true;
+            }
+            None => {
+                joined.push_str(line);
+                continued = false;
+            }
+        }
+    }
+    joined.trim_end().to_string()
 }
 
 /// `<<EOF`, `<<-EOF`, `<<"EOF"` -> (name without quotes, strip_tabs).
@@ -493,12 +497,12 @@ fn heredoc_word(word: &str) -> Option<(String, bool)> {
     (!name.is_empty()).then_some((name, strip_tabs))
 }
 
-fn command_form(command: &syntax::Command<'_>) -> CommandForm {
+fn command_form(command: &syntax::Command<'_>, escape: char) -> CommandForm {
     match command {
         syntax::Command::Exec(list) => {
             CommandForm::Exec(list.value.iter().map(|a| a.value.to_string()).collect())
         }
-        syntax::Command::Shell(text) => CommandForm::Shell(text.value.to_string()),
+        syntax::Command::Shell(text) => CommandForm::Shell(join_continuations(text.value, escape)),
         _ => CommandForm::Shell(String::new()),
     }
 }

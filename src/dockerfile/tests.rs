@@ -477,3 +477,34 @@ fn unterminated_heredoc_after_command_is_an_error() {
     assert!(e.message.contains("EOF"), "{}", e.message);
     assert_eq!(e.source_line, "RUN cat <<EOF");
 }
+
+#[test]
+fn line_continuations_are_joined_like_docker() {
+    let d = parse_ok(
+        "FROM scratch\nRUN echo a \\\n    b \\\n# comment\n  c\nCMD echo x \\\n  y\nENV A=1 \\\n  B=2\nWORKDIR /a\\\nb\n",
+    );
+    let instructions: Vec<&Instruction> = d.stages[0]
+        .instructions
+        .iter()
+        .map(|i| &i.instruction)
+        .collect();
+    assert_eq!(
+        instructions,
+        vec![
+            &Instruction::Run(RunInstr {
+                command: CommandForm::Shell("echo a     b   c".into()),
+                heredocs: vec![],
+                mounts: vec![],
+                network: None,
+                security: None
+            }),
+            &Instruction::Cmd(CommandForm::Shell("echo x   y".into())),
+            &Instruction::Env(vec![("A".into(), "1".into()), ("B".into(), "2".into())]),
+            &Instruction::Workdir("/ab".into()),
+        ]
+    );
+    assert_eq!(
+        d.stages[0].instructions[0].source_text,
+        "RUN echo a     b   c"
+    );
+}
