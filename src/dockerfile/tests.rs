@@ -508,3 +508,85 @@ fn line_continuations_are_joined_like_docker() {
         "RUN echo a     b   c"
     );
 }
+
+#[test]
+fn realistic_multistage_fixture() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/dockerfile/multistage.Dockerfile"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let d = parse(&text, "multistage.Dockerfile").unwrap();
+    assert_eq!(d.global_args.len(), 2);
+    assert_eq!(d.stages.len(), 2);
+    let build = &d.stages[0];
+    assert_eq!(build.name.as_deref(), Some("build-env"));
+    assert_eq!(build.base, "${BASE}");
+    assert_eq!(build.location.line, 7);
+    let kinds: Vec<&str> = build
+        .instructions
+        .iter()
+        .map(|i| match &i.instruction {
+            Instruction::Arg(_) => "ARG",
+            Instruction::Env(_) => "ENV",
+            Instruction::Workdir(_) => "WORKDIR",
+            Instruction::Copy(_) => "COPY",
+            Instruction::Run(_) => "RUN",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["ARG", "ENV", "WORKDIR", "COPY", "COPY", "RUN"]);
+    assert_eq!(
+        build.instructions[1].instruction,
+        Instruction::Env(vec![
+            ("CGO_ENABLED".into(), "0".into()),
+            ("GOFLAGS".into(), "\"-mod=vendor -trimpath\"".into())
+        ])
+    );
+    let Instruction::Copy(copy) = &build.instructions[3].instruction else {
+        panic!()
+    };
+    assert_eq!(copy.excludes, vec!["*_test.go"]);
+    assert_eq!(copy.dest, "./");
+    let Instruction::Run(run) = &build.instructions[5].instruction else {
+        panic!()
+    };
+    assert_eq!(run.network.as_deref(), Some("none"));
+    assert_eq!(
+        run.command,
+        CommandForm::Shell("echo building &&     echo done".into())
+    );
+    assert_eq!(build.instructions[5].location.line, 15);
+
+    let app = &d.stages[1];
+    assert!(app.name.is_none());
+    let Instruction::Copy(conf) = &app.instructions[2].instruction else {
+        panic!()
+    };
+    assert_eq!(conf.from, None);
+    assert_eq!(
+        conf.sources,
+        vec![CopySource::HereDoc(HereDoc {
+            name: "EOF".into(),
+            content: "listen=:8080\n".into(),
+            expand: true,
+            strip_tabs: true
+        })]
+    );
+    let Instruction::Copy(bin) = &app.instructions[1].instruction else {
+        panic!()
+    };
+    assert_eq!(
+        (bin.from.as_deref(), bin.chmod.as_deref()),
+        (Some("build-env"), Some("0755"))
+    );
+    let onbuild = app.instructions.iter().find_map(|i| match &i.instruction {
+        Instruction::Onbuild(trigger) => Some(trigger.as_str()),
+        _ => None,
+    });
+    assert_eq!(onbuild, Some("RUN echo child     build"));
+    assert_eq!(
+        app.instructions.last().unwrap().instruction,
+        Instruction::Cmd(CommandForm::Exec(vec!["serve".into()]))
+    );
+}
