@@ -300,6 +300,16 @@ impl Converter<'_> {
             }
             I::Healthcheck(h) => Instruction::Healthcheck(self.healthcheck(h)?),
             I::Onbuild(o) => {
+                let forbidden = match &*o.instruction {
+                    I::From(_) => Some("FROM"),
+                    I::Maintainer(_) => Some("MAINTAINER"),
+                    _ => None,
+                };
+                if let Some(name) = forbidden {
+                    return Err(
+                        self.error_at(start, format!("{name} isn't allowed as an ONBUILD trigger"))
+                    );
+                }
                 let text = self.source_text(start);
                 let keyword_len = o.onbuild.span.len();
                 Instruction::Onbuild(
@@ -333,6 +343,11 @@ impl Converter<'_> {
         let line = line_column(self.text, run.run.span.start).0;
         if let Some(extra) = self.extra_heredocs.get(&line) {
             heredocs.extend(extra.iter().cloned());
+        }
+        if heredocs.is_empty()
+            && matches!(&command, CommandForm::Shell(line) if line.trim().is_empty())
+        {
+            return Err(self.error_at(run.run.span.start, "RUN requires at least one argument"));
         }
         Ok(RunInstr {
             command,

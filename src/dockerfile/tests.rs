@@ -590,3 +590,23 @@ fn realistic_multistage_fixture() {
         Instruction::Cmd(CommandForm::Exec(vec!["serve".into()]))
     );
 }
+
+#[test]
+fn forbidden_onbuild_triggers_and_empty_run_are_errors() {
+    let e = err("FROM scratch\nONBUILD FROM x\n");
+    assert_eq!((e.location.line, e.location.column), (2, 1));
+    assert_eq!(e.message, "FROM isn't allowed as an ONBUILD trigger");
+    assert_eq!(
+        err("FROM scratch\nONBUILD MAINTAINER me\n").message,
+        "MAINTAINER isn't allowed as an ONBUILD trigger"
+    );
+    assert!(
+        err("FROM scratch\nONBUILD ONBUILD RUN x\n")
+            .message
+            .contains("ONBUILD")
+    );
+    assert_eq!(
+        err("FROM scratch\nRUN\n").message,
+        "RUN requires at least one argument"
+    );
+}
