@@ -342,3 +342,104 @@ fn bad_wildcard_and_exclude_are_errors() {
         Err(ContextError::BadExclude(_))
     ));
 }
+
+/// The context and `.dockerignore` of a real `docker build` (BuildKit, Docker 20.10) run with
+/// `COPY . /`; the expected list is what that build produced.
+#[test]
+fn matches_docker_buildkit_on_a_mixed_dockerignore() {
+    let ctx = tree(&[
+        "docs/README.md",
+        "docs/other.md",
+        "docs/sub/README.md",
+        "logs/1.log",
+        "a/b/c/keep.go",
+        "a/b/c/drop.txt",
+        "node_modules/x/i.js",
+        "foo/f",
+        "xfoo/f",
+        "top.md",
+        "README.md",
+        "README-secret.md",
+        "tempa",
+        "temp",
+        "somefile.go",
+        ".hidden",
+        "somedir/temporary.txt",
+        "somedir/subdir/temp1",
+        "somedir/temp/in",
+        "Dockerfile",
+    ]);
+    let rules = "# comment\n*/temp*\n*/*/temp*\ntemp?\ndocs\n!docs/README.md\nlogs/\n**/*.txt\nnode_modules\n\
+                 **/foo\n*.md\n!README*.md\nREADME-secret.md\n";
+    std::fs::write(ctx.path().join(".dockerignore"), rules).unwrap();
+    let ignore =
+        crate::dockerfile::ignore::load_for_build(ctx.path(), &ctx.path().join("Dockerfile"))
+            .unwrap();
+    let opts = CopyOptions {
+        ignore: Some(&ignore),
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(ctx.path(), &["."], "/", &opts).unwrap(),
+        vec![
+            "/.dockerignore",
+            "/.hidden",
+            "/Dockerfile",
+            "/README.md",
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/a/b/c/keep.go",
+            "/docs",
+            "/docs/README.md",
+            "/somedir",
+            "/somedir/subdir",
+            "/somefile.go",
+            "/temp",
+            "/xfoo",
+            "/xfoo/f",
+        ]
+    );
+}
+
+/// COPY forms checked against a real `docker build` (BuildKit, Docker 20.10); the executor adds the
+/// missing parents of each destination (such as `/w1`).
+#[test]
+fn matches_docker_buildkit_on_copy_forms() {
+    let ctx = tree(&["a/b/c/keep.go", "somefile.go", "d1/e/x", "d2/y"]);
+    symlink("a/b", ctx.path().join("linkdir")).unwrap();
+    symlink("somefile.go", ctx.path().join("linkfile")).unwrap();
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (&["*.go"], "/w1/", &["/w1/somefile.go"]),
+        (&["a"], "/w2", &["/w2/b", "/w2/b/c", "/w2/b/c/keep.go"]),
+        (&["a/b/c/keep.go"], "/w3", &["/w3"]),
+        (&["d?"], "/w4/", &["/w4/e", "/w4/e/x", "/w4/y"]),
+        (&["linkdir"], "/w5", &["/w5/c", "/w5/c/keep.go"]),
+        (&["linkfile"], "/w6", &["/w6"]),
+        (&["d1", "d2"], "/w7", &["/w7/e", "/w7/e/x", "/w7/y"]),
+        (
+            &["link*"],
+            "/w8/",
+            &["/w8/c", "/w8/c/keep.go", "/w8/linkfile"],
+        ),
+    ];
+    for (sources, dest, expected) in cases {
+        assert_eq!(
+            plan_ok(ctx.path(), sources, dest),
+            *expected,
+            "COPY {sources:?} {dest}"
+        );
+    }
+    let items = plan_copy(
+        ctx.path(),
+        &["linkfile".to_string()],
+        "/w6",
+        "/",
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        items[0].metadata.is_file(),
+        "a symlink named as the source is followed"
+    );
+}
