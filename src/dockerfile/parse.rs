@@ -5,7 +5,9 @@ use parse_dockerfile as syntax;
 
 use super::duration::parse_go_duration;
 use super::error::{DockerfileError, line_column};
-use super::flags::{FlagError, FlagKind, Flags, RawFlag};
+use super::flags::{
+    FlagError, FlagKind, Flags, RawFlag, is_valid_chmod, is_valid_network, is_valid_security,
+};
 use super::heredoc::complete_run_heredocs;
 use super::model::*;
 use super::words::{split_arg_decls, split_name_values};
@@ -204,6 +206,11 @@ impl Converter<'_> {
             .map_err(|FlagError { offset, message }| self.error_at(offset, message))
     }
 
+    /// Turns a flag check into a located error.
+    fn check(&self, result: Result<(), FlagError>) -> Result<(), DockerfileError> {
+        result.map_err(|FlagError { offset, message }| self.error_at(offset, message))
+    }
+
     fn arg_decls(&self, arg: &syntax::ArgInstruction<'_>) -> Result<Vec<ArgDecl>, DockerfileError> {
         let decls = split_arg_decls(&arg.arguments.value, self.escape)
             .map_err(|e| self.error_at(arg.arg.span.start, e.to_string()))?;
@@ -261,11 +268,21 @@ impl Converter<'_> {
             I::Run(run) => Instruction::Run(self.run(run)?),
             I::Copy(copy) => {
                 let flags = self.flags(&copy.options, COPY_FLAGS)?;
+                self.check(flags.check_value(
+                    "chmod",
+                    is_valid_chmod,
+                    "an octal mode like 0755, or u+x",
+                ))?;
                 let sources = self.copy_sources(&copy.copy, &copy.src);
                 Instruction::Copy(copy_instr(sources, &copy.dest.value, &flags))
             }
             I::Add(add) => {
                 let flags = self.flags(&add.options, ADD_FLAGS)?;
+                self.check(flags.check_value(
+                    "chmod",
+                    is_valid_chmod,
+                    "an octal mode like 0755, or u+x",
+                ))?;
                 let sources = self.copy_sources(&add.add, &add.src);
                 Instruction::Add(copy_instr(sources, &add.dest.value, &flags))
             }
@@ -326,6 +343,8 @@ impl Converter<'_> {
 
     fn run(&self, run: &syntax::RunInstruction<'_>) -> Result<RunInstr, DockerfileError> {
         let flags = self.flags(&run.options, RUN_FLAGS)?;
+        self.check(flags.check_value("network", is_valid_network, "default, none or host"))?;
+        self.check(flags.check_value("security", is_valid_security, "sandbox or insecure"))?;
         let (command, mut heredocs) = if run.here_docs.is_empty() {
             (command_form(&run.arguments, self.escape), Vec::new())
         } else {

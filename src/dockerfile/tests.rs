@@ -610,3 +610,29 @@ fn forbidden_onbuild_triggers_and_empty_run_are_errors() {
         "RUN requires at least one argument"
     );
 }
+
+#[test]
+fn bad_chmod_network_and_security_values_are_errors() {
+    let e = err("FROM scratch\nCOPY --chmod=abc a /b\n");
+    assert_eq!((e.location.line, e.location.column), (2, 6));
+    assert!(e.message.contains("--chmod"), "{}", e.message);
+    assert!(
+        err("FROM scratch\nADD --chmod=999 a /b\n")
+            .message
+            .contains("--chmod")
+    );
+    assert!(
+        parse("FROM scratch\nCOPY --chmod=$MODE a /b\n", "Dockerfile").is_ok(),
+        "checked after expansion"
+    );
+    assert!(
+        err("FROM scratch\nRUN --network=bridge true\n")
+            .message
+            .contains("--network")
+    );
+    assert!(
+        err("FROM scratch\nRUN --security=root true\n")
+            .message
+            .contains("--security")
+    );
+}
