@@ -636,3 +636,69 @@ fn bad_chmod_network_and_security_values_are_errors() {
             .contains("--security")
     );
 }
+
+/// ENV/LABEL parsing plus expansion, applied the way the executor must (each line expanded with the
+/// environment before it), against what a real `docker build` (BuildKit, Docker 20.10) stored.
+#[test]
+fn env_and_label_values_match_docker_buildkit() {
+    let text = r#"FROM scratch
+ARG A=x
+ENV B="hello world" C=${A:-z}'q' D=\$A E='$A' F="a\"b" G=a\ b
+ENV legacy  some value "q" \$A
+ENV A=1 H=$A
+LABEL "k k"="v v" k2=$A k3="${NOPE:-d e}"
+"#;
+    let d = parse_ok(text);
+    let lexer = Lexer::new(d.escape);
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let lookup_in = |env: &Vec<(String, String)>, name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for located in &d.stages[0].instructions {
+        let before = env.clone();
+        let lookup = |name: &str| lookup_in(&before, name);
+        let expand = |word: &str| lexer.process_word(word, &lookup).unwrap();
+        match &located.instruction {
+            Instruction::Arg(decls) => {
+                for decl in decls {
+                    env.push((
+                        decl.name.clone(),
+                        expand(decl.default.as_deref().unwrap_or("")),
+                    ));
+                }
+            }
+            Instruction::Env(pairs) => {
+                env.extend(pairs.iter().map(|(k, v)| (expand(k), expand(v))))
+            }
+            Instruction::Label(pairs) => {
+                labels.extend(pairs.iter().map(|(k, v)| (expand(k), expand(v))))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let final_env: Vec<String> = env
+        .iter()
+        .skip(1)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(
+        final_env,
+        vec![
+            "B=hello world",
+            "C=xq",
+            "D=$A",
+            "E=$A",
+            "F=a\"b",
+            "G=a b",
+            "legacy=some value q $A",
+            "A=1",
+            "H=x"
+        ]
+    );
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(labels, vec!["k k=v v", "k2=1", "k3=d e"]);
+}
