@@ -702,3 +702,60 @@ LABEL "k k"="v v" k2=$A k3="${NOPE:-d e}"
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     assert_eq!(labels, vec!["k k=v v", "k2=1", "k3=d e"]);
 }
+
+/// WORKDIR/EXPOSE/VOLUME/USER/STOPSIGNAL values expanded as the executor must, against what a real
+/// `docker build` (BuildKit, Docker 20.10) stored in the image config.
+#[test]
+fn other_expanded_values_match_docker_buildkit() {
+    let text = r#"FROM scratch
+WORKDIR "/a b/$D"
+EXPOSE 80 "8080/udp" ${P}/tcp
+VOLUME ["/v1", "/$D"]
+VOLUME /x/$D /y
+USER "$P":'0'
+STOPSIGNAL "SIG$S"
+"#;
+    let d = parse_ok(text);
+    let lexer = Lexer::new(d.escape);
+    let vars = [("P", "9000"), ("D", "data"), ("S", "TERM")];
+    let lookup = |name: &str| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let word = |w: &str| lexer.process_word(w, &lookup).unwrap();
+    let mut seen = Vec::new();
+    for located in &d.stages[0].instructions {
+        match &located.instruction {
+            Instruction::Workdir(w) => seen.push(format!("WORKDIR {}", word(w))),
+            Instruction::Expose(ports) => {
+                for port in ports {
+                    for p in lexer.process_words(port, &lookup).unwrap() {
+                        seen.push(format!("EXPOSE {p}"));
+                    }
+                }
+            }
+            Instruction::Volume(paths) => {
+                seen.extend(paths.iter().map(|p| format!("VOLUME {}", word(p))))
+            }
+            Instruction::User(u) => seen.push(format!("USER {}", word(u))),
+            Instruction::Stopsignal(s) => seen.push(format!("STOPSIGNAL {}", word(s))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "WORKDIR /a b/data",
+            "EXPOSE 80",
+            "EXPOSE 8080/udp",
+            "EXPOSE 9000/tcp",
+            "VOLUME /v1",
+            "VOLUME /data",
+            "VOLUME /x/data",
+            "VOLUME /y",
+            "USER 9000:0",
+            "STOPSIGNAL SIGTERM"
+        ]
+    );
+}
