@@ -60,7 +60,8 @@ pub struct CopyPlan {
     pub fresh_dirs: Vec<String>,
 }
 
-/// Plans a COPY/ADD of local `sources` (unexpanded by the shell, already variable-expanded) from
+/// Plans a COPY/ADD of local `sources` (already variable-expanded; URLs, git sources and here-documents
+/// are the executor's, not passed here) from
 /// `root` to `dest` (relative to `workdir` unless absolute). Items come out sorted by image path
 /// component by component (a directory right before its contents), one item per image path (a later
 /// source wins). See [`plan_copy_full`] for the directories to create besides the items.
