@@ -51,7 +51,10 @@ pub enum ServeError {
 /// Builds the HTTP application over `storage`.
 pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
     let metrics = Arc::new(Metrics::default());
-    let registry = Arc::new(Registry::new(storage, metrics.clone()));
+    let state = Arc::new(routes::AppState {
+        registry: Registry::new(storage, metrics.clone()),
+        request_timeout: config.request_timeout,
+    });
     Router::new()
         .route("/v2", any(routes::dispatch))
         .route("/v2/", any(routes::dispatch))
@@ -59,29 +62,25 @@ pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
         .route("/healthz", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(|request: Request| async move { routes::not_found(request.uri().path()) })
-        .with_state(registry.clone())
+        .with_state(state)
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             config.body_idle_timeout,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            config.request_timeout,
         ))
         .layer(middleware::from_fn_with_state(metrics, api_version_and_metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// `/healthz`: 200 when the data directory answers.
-async fn health(State(registry): State<Arc<Registry>>) -> Response {
-    match registry.storage().upload_count().await {
+async fn health(State(state): State<Arc<routes::AppState>>) -> Response {
+    match state.registry.storage().upload_count().await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}\n")).into_response(),
     }
 }
 
-async fn render_metrics(State(registry): State<Arc<Registry>>) -> Response {
-    let open_uploads = registry.storage().upload_count().await.unwrap_or(0);
-    let text = registry.metrics().render(open_uploads);
+async fn render_metrics(State(state): State<Arc<routes::AppState>>) -> Response {
+    let open_uploads = state.registry.storage().upload_count().await.unwrap_or(0);
+    let text = state.registry.metrics().render(open_uploads);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

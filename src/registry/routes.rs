@@ -2,6 +2,7 @@
 //! service, and shapes responses (status, Location, Range, digest headers). Handlers stay thin.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -83,32 +84,52 @@ pub fn parse_endpoint(path: &str) -> Option<Endpoint> {
     None
 }
 
-type Shared = State<Arc<Registry>>;
+/// What every handler shares.
+pub struct AppState {
+    pub registry: Registry,
+    /// Longest time a request other than an upload may take (uploads are bounded by the
+    /// body idle timeout instead, so large layers on slow links still get through).
+    pub request_timeout: Duration,
+}
 
 /// The single entry point for `/v2/...`: routes by path shape and method.
-pub async fn dispatch(State(registry): Shared, request: Request) -> Response {
+pub async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     let Some(endpoint) = parse_endpoint(&path) else {
         return not_found(&path);
     };
+    if matches!(endpoint, Endpoint::Upload(..)) {
+        return handle(&state.registry, endpoint, request).await;
+    }
+    match tokio::time::timeout(state.request_timeout, handle(&state.registry, endpoint, request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(%path, "request timed out");
+            (StatusCode::REQUEST_TIMEOUT, "request timed out\n").into_response()
+        }
+    }
+}
+
+async fn handle(registry: &Registry, endpoint: Endpoint, request: Request) -> Response {
+    let path = request.uri().path().to_string();
     let method = request.method().clone();
     let result = match (endpoint, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK)),
         (Endpoint::Catalog, Method::GET) => match query_pairs(&request) {
-            Ok(pairs) => catalog(&registry, pairs).await,
+            Ok(pairs) => catalog(registry, pairs).await,
             Err(e) => Err(e),
         },
         (Endpoint::Tags(name), Method::GET) => match query_pairs(&request) {
-            Ok(pairs) => tags(&registry, &name, pairs).await,
+            Ok(pairs) => tags(registry, &name, pairs).await,
             Err(e) => Err(e),
         },
         (Endpoint::Manifest(name, reference), method) => {
-            manifest(&registry, &name, &reference, method, request).await
+            manifest(registry, &name, &reference, method, request).await
         }
-        (Endpoint::Blob(name, digest), method) => blob(&registry, &name, &digest, method, request).await,
-        (Endpoint::Upload(name, id), method) => upload(&registry, &name, id, method, request).await,
+        (Endpoint::Blob(name, digest), method) => blob(registry, &name, &digest, method, request).await,
+        (Endpoint::Upload(name, id), method) => upload(registry, &name, id, method, request).await,
         (Endpoint::Referrers(name, digest), Method::GET) => match query_pairs(&request) {
-            Ok(pairs) => referrers(&registry, &name, &digest, pairs).await,
+            Ok(pairs) => referrers(registry, &name, &digest, pairs).await,
             Err(e) => Err(e),
         },
         (_, method) => Err(ApiError::Unsupported(format!("{method} {path}"))),

@@ -271,10 +271,16 @@ fn load_session(dir: &Path) -> StorageResult<Option<Session>> {
         detail: e.to_string(),
     })?;
     let data_path = dir.join("data");
-    let data = OpenOptions::new()
-        .write(true)
-        .open(&data_path)
-        .map_err(io_error("open", &data_path))?;
+    let data = match OpenOptions::new().write(true).open(&data_path) {
+        Ok(data) => data,
+        // The data was already moved into the blob store by a finish that crashed before
+        // removing the session: the session is over.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::remove_dir_all(dir).map_err(io_error("remove finished upload", dir))?;
+            return Ok(None);
+        }
+        Err(e) => return Err(io_error("open", &data_path)(e)),
+    };
     let len = data.metadata().map_err(io_error("stat", &data_path))?.len();
     if len < state.offset {
         return Err(StorageError::Corrupt {
@@ -763,6 +769,24 @@ mod tests {
         assert!(storage.blob_linked(&repo, &digest).await.unwrap());
         assert_eq!(storage.blob_size(&digest).await.unwrap(), Some(12));
         assert!(!storage.blob_linked(&other, &digest).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn session_whose_data_was_already_installed_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = RepositoryName::parse("a").unwrap();
+        let id = {
+            let storage = FilesystemStorage::open(dir.path()).unwrap();
+            storage.upload_start(&repo).await.unwrap()
+        };
+        // A crash between the rename into the blob store and the session cleanup.
+        fs::remove_file(dir.path().join("uploads").join(id.as_str()).join("data")).unwrap();
+        let storage = FilesystemStorage::open(dir.path()).unwrap();
+        assert!(matches!(
+            storage.upload_offset(&repo, &id).await,
+            Err(StorageError::UploadUnknown(_))
+        ));
+        assert_eq!(storage.upload_count().await.unwrap(), 0);
     }
 
     #[tokio::test]
