@@ -23,6 +23,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 pub use config::RegistryConfig;
 use metrics::Metrics;
@@ -67,7 +68,11 @@ pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
             config.body_idle_timeout,
         ))
         .layer(middleware::from_fn_with_state(metrics, api_version_and_metrics))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
 }
 
 /// `/healthz`: 200 when the data directory answers.
