@@ -90,7 +90,12 @@ done
 wrk_rps() { # url [header]
     local args=(-t2 "-c$connections" "-d${seconds}s")
     [ $# -gt 1 ] && args+=(-H "$2")
-    wrk "${args[@]}" "$1" | awk '/Requests\/sec/ {print $2}'
+    local report
+    report=$(wrk "${args[@]}" "$1")
+    if grep -q 'Non-2xx' <<<"$report"; then
+        echo "bench: $1 answered errors:" >&2; echo "$report" >&2; exit 1
+    fi
+    awk '/Requests\/sec/ {print $2}' <<<"$report"
 }
 big_mbps() { # port
     local total=0 speed

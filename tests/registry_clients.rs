@@ -45,7 +45,10 @@ async fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "{program} {args:?} failed:\n{text}");
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{text}"
+    );
     text
 }
 
@@ -77,11 +80,25 @@ fn assert_blobs_verify(data: &Path) {
         if name.starts_with(".tmp-") {
             continue; // a temp file of an interrupted atomic write: never visible
         }
-        let algorithm = path.parent().unwrap().parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+        let algorithm = path
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         let digest = Digest::parse(&format!("{algorithm}:{name}"))
             .unwrap_or_else(|e| panic!("stray file in the blob store {}: {e}", path.display()));
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(Digest::of(digest.algorithm(), &bytes), digest, "corrupt blob {}", path.display());
+        assert_eq!(
+            Digest::of(digest.algorithm(), &bytes),
+            digest,
+            "corrupt blob {}",
+            path.display()
+        );
     }
 }
 
@@ -97,29 +114,99 @@ async fn skopeo_copies_docker_and_oci_images_both_ways() {
     // Peer -> ours, as the Docker schema2 image it is, and converted to OCI.
     let docker_ref = format!("docker://{ours}/test/busybox:latest");
     let oci_ref = format!("docker://{ours}/test/busybox-oci:latest");
-    run("skopeo", &[&["copy"], &no_tls[..], &[&format!("docker://{base}"), &docker_ref]].concat()).await;
-    run("skopeo", &[&["copy", "--format", "oci"], &no_tls[..], &[&format!("docker://{base}"), &oci_ref]].concat()).await;
+    run(
+        "skopeo",
+        &[
+            &["copy"],
+            &no_tls[..],
+            &[&format!("docker://{base}"), &docker_ref],
+        ]
+        .concat(),
+    )
+    .await;
+    run(
+        "skopeo",
+        &[
+            &["copy", "--format", "oci"],
+            &no_tls[..],
+            &[&format!("docker://{base}"), &oci_ref],
+        ]
+        .concat(),
+    )
+    .await;
 
-    let inspect = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &docker_ref]).await;
-    assert!(inspect.contains("application/vnd.docker.distribution.manifest.v2+json"), "{inspect}");
-    let inspect = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &oci_ref]).await;
-    assert!(inspect.contains("application/vnd.oci.image.manifest.v1+json"), "{inspect}");
+    let inspect = run(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &docker_ref],
+    )
+    .await;
+    assert!(
+        inspect.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{inspect}"
+    );
+    let inspect = run(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &oci_ref],
+    )
+    .await;
+    assert!(
+        inspect.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{inspect}"
+    );
     // The Docker-format copy is byte-identical to the peer's manifest.
-    let peer_raw = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &format!("docker://{base}")]).await;
-    let our_raw = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &docker_ref]).await;
+    let peer_raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{base}"),
+        ],
+    )
+    .await;
+    let our_raw = run(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", &docker_ref],
+    )
+    .await;
     assert_eq!(peer_raw, our_raw);
 
     // Ours -> an OCI layout and a dir (skopeo verifies every digest on the way).
     let layout = dir.path().join("layout");
     let plain = dir.path().join("plain");
-    run("skopeo", &["copy", "--src-tls-verify=false", &oci_ref, &format!("oci:{}:latest", layout.display())]).await;
-    run("skopeo", &["copy", "--src-tls-verify=false", &docker_ref, &format!("dir:{}", plain.display())]).await;
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &oci_ref,
+            &format!("oci:{}:latest", layout.display()),
+        ],
+    )
+    .await;
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &docker_ref,
+            &format!("dir:{}", plain.display()),
+        ],
+    )
+    .await;
     assert!(layout.join("index.json").exists());
     assert!(plain.join("manifest.json").exists());
 
     // Ours -> back out to the peer registry.
-    let back = format!("docker://{peer}/imgbuild-test/registry-roundtrip:{}", unique("run"));
-    run("skopeo", &[&["copy"], &no_tls[..], &[&docker_ref, &back]].concat()).await;
+    let back = format!(
+        "docker://{peer}/imgbuild-test/registry-roundtrip:{}",
+        unique("run")
+    );
+    run(
+        "skopeo",
+        &[&["copy"], &no_tls[..], &[&docker_ref, &back]].concat(),
+    )
+    .await;
     let round_trip = run("skopeo", &["inspect", "--raw", "--tls-verify=false", &back]).await;
     assert_eq!(round_trip, peer_raw);
 
@@ -143,8 +230,13 @@ async fn docker_push_pull_run_with_cross_repository_mount() {
     let pushed = run("docker", &["push", &first]).await;
     assert!(pushed.contains("Pushed"), "{pushed}");
     let mounted = run("docker", &["push", &second]).await;
-    let first_repo = first.trim_start_matches(&format!("{ours}/")).trim_end_matches(":1");
-    assert!(mounted.contains(&format!("Mounted from {first_repo}")), "{mounted}");
+    let first_repo = first
+        .trim_start_matches(&format!("{ours}/"))
+        .trim_end_matches(":1");
+    assert!(
+        mounted.contains(&format!("Mounted from {first_repo}")),
+        "{mounted}"
+    );
 
     // Two repositories sharing the layer: stored once (layer + config + manifest).
     let blob_files = files_under(&data.join("blobs"));
@@ -153,8 +245,23 @@ async fn docker_push_pull_run_with_cross_repository_mount() {
 
     run("docker", &["rmi", &first, &second]).await;
     let pulled = run("docker", &["pull", &second]).await;
-    assert!(pulled.contains("Downloaded newer image") || pulled.contains("Image is up to date"), "{pulled}");
-    let output = run("docker", &["run", "--rm", "--network", "none", &second, "echo", "hello from imgbuild serve"]).await;
+    assert!(
+        pulled.contains("Downloaded newer image") || pulled.contains("Image is up to date"),
+        "{pulled}"
+    );
+    let output = run(
+        "docker",
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &second,
+            "echo",
+            "hello from imgbuild serve",
+        ],
+    )
+    .await;
     assert!(output.contains("hello from imgbuild serve"), "{output}");
     run("docker", &["rmi", &second]).await;
     server.stop().await.unwrap();
@@ -162,7 +269,11 @@ async fn docker_push_pull_run_with_cross_repository_mount() {
 
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Child {
@@ -183,7 +294,12 @@ impl Child {
             .unwrap();
         let client = reqwest::Client::new();
         for _ in 0..100 {
-            if client.get(format!("http://127.0.0.1:{port}/v2/")).send().await.is_ok() {
+            if client
+                .get(format!("http://127.0.0.1:{port}/v2/"))
+                .send()
+                .await
+                .is_ok()
+            {
                 return Child { process };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -212,16 +328,24 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     let early = b"pushed before the crash".to_vec();
     let early_digest = Digest::sha256_of(&early);
     let response = client
-        .post(format!("{base}/v2/crash/early/blobs/uploads/?digest={early_digest}"))
+        .post(format!(
+            "{base}/v2/crash/early/blobs/uploads/?digest={early_digest}"
+        ))
         .body(early.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
 
-    let blob: Vec<u8> = (0..CHUNK * CHUNKS).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let blob: Vec<u8> = (0..CHUNK * CHUNKS)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let digest = Digest::sha256_of(&blob);
-    let response = client.post(format!("{base}/v2/crash/big/blobs/uploads/")).send().await.unwrap();
+    let response = client
+        .post(format!("{base}/v2/crash/big/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let location = response.headers()["location"].to_str().unwrap().to_string();
 
     // Acknowledged chunks, then one chunk in flight that the server is killed during.
@@ -229,7 +353,10 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     for i in 0..acknowledged {
         let response = client
             .patch(format!("{base}{location}"))
-            .header("Content-Range", format!("{}-{}", i * CHUNK, (i + 1) * CHUNK - 1))
+            .header(
+                "Content-Range",
+                format!("{}-{}", i * CHUNK, (i + 1) * CHUNK - 1),
+            )
             .body(blob[i * CHUNK..(i + 1) * CHUNK].to_vec())
             .send()
             .await
@@ -238,7 +365,9 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     }
     let (sender, receiver) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
     let start = acknowledged * CHUNK;
-    sender.unbounded_send(Ok(blob[start..start + CHUNK / 2].to_vec())).unwrap();
+    sender
+        .unbounded_send(Ok(blob[start..start + CHUNK / 2].to_vec()))
+        .unwrap();
     let in_flight = tokio::spawn(
         client
             .patch(format!("{base}{location}"))
@@ -248,15 +377,26 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     child.kill_9().await;
-    assert!(in_flight.await.unwrap().is_err(), "the in-flight PATCH cannot have succeeded");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the in-flight PATCH cannot have succeeded"
+    );
     drop(sender);
 
     // Restart: the upload continues from the acknowledged offset; no partial blob is visible.
     let child = Child::start(port, &data_dir).await;
     assert_blobs_verify(&data_dir);
-    let response = client.head(format!("{base}/v2/crash/big/blobs/{digest}")).send().await.unwrap();
+    let response = client
+        .head(format!("{base}/v2/crash/big/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let response = client.get(format!("{base}{location}")).send().await.unwrap();
+    let response = client
+        .get(format!("{base}{location}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let range = response.headers()["range"].to_str().unwrap().to_string();
     assert_eq!(range, format!("0-{}", acknowledged * CHUNK - 1));
@@ -264,7 +404,10 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     for i in acknowledged..CHUNKS {
         let response = client
             .patch(format!("{base}{location}"))
-            .header("Content-Range", format!("{}-{}", i * CHUNK, (i + 1) * CHUNK - 1))
+            .header(
+                "Content-Range",
+                format!("{}-{}", i * CHUNK, (i + 1) * CHUNK - 1),
+            )
             .body(blob[i * CHUNK..(i + 1) * CHUNK].to_vec())
             .send()
             .await
@@ -281,8 +424,15 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     // Kill again right after: both blobs survive and verify.
     child.kill_9().await;
     let _child = Child::start(port, &data_dir).await;
-    for (repo, digest, bytes) in [("crash/big", &digest, &blob), ("crash/early", &early_digest, &early)] {
-        let response = client.get(format!("{base}/v2/{repo}/blobs/{digest}")).send().await.unwrap();
+    for (repo, digest, bytes) in [
+        ("crash/big", &digest, &blob),
+        ("crash/early", &early_digest, &early),
+    ] {
+        let response = client
+            .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.bytes().await.unwrap();
         assert_eq!(Digest::sha256_of(&body), *digest);

@@ -96,7 +96,11 @@ mod tests {
     fn flags_override_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.toml");
-        std::fs::write(&path, "addr = \"127.0.0.1:6000\"\ndata = \"/from/file\"\nlog_format = \"json\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "addr = \"127.0.0.1:6000\"\ndata = \"/from/file\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             addr: Some("127.0.0.1:7000".into()),
             data: None,

@@ -149,11 +149,13 @@ impl ConfigFile {
 
 /// Parses a listen address, naming where it came from in the error.
 pub fn parse_addr(value: &str, origin: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|e: std::net::AddrParseError| ConfigError::BadAddr {
-        origin: origin.to_string(),
-        value: value.to_string(),
-        message: e.to_string(),
-    })
+    value
+        .parse()
+        .map_err(|e: std::net::AddrParseError| ConfigError::BadAddr {
+            origin: origin.to_string(),
+            value: value.to_string(),
+            message: e.to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -181,12 +183,24 @@ mod tests {
     fn refuses_unknown_keys_and_unsupported_values() {
         let err = parse("adr = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("adr"), "{err}");
-        let err = parse("[auth.htpasswd]\npath = \"/etc/htpasswd\"\n").unwrap_err().to_string();
-        assert!(err.contains("htpasswd authentication is not implemented"), "{err}");
-        let err = parse("[storage]\ndriver = \"s3\"\n").unwrap_err().to_string();
+        let err = parse("[auth.htpasswd]\npath = \"/etc/htpasswd\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("htpasswd authentication is not implemented"),
+            "{err}"
+        );
+        let err = parse("[storage]\ndriver = \"s3\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("only \"filesystem\""), "{err}");
         let err = parse("[gc]\nenabled = true\n").unwrap_err().to_string();
         assert!(err.contains("garbage collection"), "{err}");
-        assert!(parse_addr("nope", "--addr").unwrap_err().to_string().contains("--addr"));
+        assert!(
+            parse_addr("nope", "--addr")
+                .unwrap_err()
+                .to_string()
+                .contains("--addr")
+        );
     }
 }

@@ -36,7 +36,10 @@ pub enum ApiError {
     #[error("manifest too large: {0}")]
     ManifestTooLarge(String),
     #[error("requested range not satisfiable: {detail}")]
-    RangeInvalid { detail: String, blob_size: Option<u64> },
+    RangeInvalid {
+        detail: String,
+        blob_size: Option<u64>,
+    },
     /// A chunk did not start at the session's current offset.
     #[error("upload chunk out of order: {detail}")]
     UploadRangeInvalid { detail: String, offset: u64 },
@@ -65,9 +68,7 @@ impl ApiError {
             Unsupported(_) => ("UNSUPPORTED", StatusCode::METHOD_NOT_ALLOWED),
             ManifestTooLarge(_) => ("SIZE_INVALID", StatusCode::PAYLOAD_TOO_LARGE),
             RangeInvalid { .. } => ("BLOB_UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
-            UploadRangeInvalid { .. } => {
-                ("BLOB_UPLOAD_INVALID", StatusCode::RANGE_NOT_SATISFIABLE)
-            }
+            UploadRangeInvalid { .. } => ("BLOB_UPLOAD_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
             PaginationInvalid(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -85,9 +86,9 @@ impl From<StorageError> for ApiError {
             StorageError::DigestMismatch { expected, actual } => ApiError::DigestInvalid(format!(
                 "expected {expected}, the uploaded content is {actual}"
             )),
-            StorageError::SizeMismatch { expected, actual } => ApiError::SizeInvalid(format!(
-                "expected {expected} bytes, received {actual}"
-            )),
+            StorageError::SizeMismatch { expected, actual } => {
+                ApiError::SizeInvalid(format!("expected {expected} bytes, received {actual}"))
+            }
             StorageError::BodyRead(detail) => ApiError::BlobUploadInvalid(detail),
             other => ApiError::Internal(other.to_string()),
         }

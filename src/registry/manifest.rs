@@ -10,8 +10,12 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Media types of manifests this registry accepts.
-pub const SUPPORTED_MANIFEST_TYPES: [&str; 4] =
-    [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+pub const SUPPORTED_MANIFEST_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
 
 /// A reference from a manifest to content that must already be in the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +42,15 @@ pub struct ManifestInfo {
 pub enum ManifestError {
     #[error("manifest is not valid JSON: {0}")]
     NotJson(String),
-    #[error("manifest media type {0:?} is not supported (supported: OCI image manifest and index, Docker schema2 manifest and manifest list)")]
+    #[error(
+        "manifest media type {0:?} is not supported (supported: OCI image manifest and index, Docker schema2 manifest and manifest list)"
+    )]
     UnsupportedMediaType(String),
     #[error("Content-Type {content_type:?} does not match the manifest's mediaType {in_body:?}")]
-    MediaTypeMismatch { content_type: String, in_body: String },
+    MediaTypeMismatch {
+        content_type: String,
+        in_body: String,
+    },
     #[error("manifest has no media type: set Content-Type or the mediaType field")]
     NoMediaType,
     #[error("invalid descriptor at {at}: {detail}")]
@@ -56,7 +65,11 @@ pub fn bare_media_type(content_type: &str) -> &str {
 }
 
 /// Parses a descriptor object at JSON location `at`.
-fn descriptor(value: &serde_json::Value, at: &str, is_manifest: bool) -> Result<ContentReference, ManifestError> {
+fn descriptor(
+    value: &serde_json::Value,
+    at: &str,
+    is_manifest: bool,
+) -> Result<ContentReference, ManifestError> {
     let bad = |detail: &str| ManifestError::BadDescriptor {
         at: at.to_string(),
         detail: detail.to_string(),
@@ -121,10 +134,12 @@ pub fn inspect(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestInfo,
             references.push(descriptor(child, &format!("manifests[{i}]"), true)?);
         }
     } else {
-        let config = json.get("config").ok_or_else(|| ManifestError::BadDescriptor {
-            at: "config".into(),
-            detail: "an image manifest needs a config descriptor".into(),
-        })?;
+        let config = json
+            .get("config")
+            .ok_or_else(|| ManifestError::BadDescriptor {
+                at: "config".into(),
+                detail: "an image manifest needs a config descriptor".into(),
+            })?;
         references.push(descriptor(config, "config", false)?);
         let layers = json
             .get("layers")
@@ -135,7 +150,10 @@ pub fn inspect(bytes: &[u8], content_type: Option<&str>) -> Result<ManifestInfo,
             })?;
         for (i, layer) in layers.iter().enumerate() {
             // Foreign (non-distributable) layers live elsewhere, at their `urls`.
-            if layer.get("urls").is_some_and(|u| u.as_array().is_some_and(|a| !a.is_empty())) {
+            if layer
+                .get("urls")
+                .is_some_and(|u| u.as_array().is_some_and(|a| !a.is_empty()))
+            {
                 continue;
             }
             references.push(descriptor(layer, &format!("layers[{i}]"), false)?);
@@ -202,9 +220,16 @@ mod tests {
         });
         let info = inspect(body.to_string().as_bytes(), None).unwrap();
         assert_eq!(info.media_type, OCI_MANIFEST);
-        assert_eq!(info.references.len(), 2, "the foreign layer is not required");
+        assert_eq!(
+            info.references.len(),
+            2,
+            "the foreign layer is not required"
+        );
         assert_eq!(info.subject.unwrap().to_string(), digest("d"));
-        assert_eq!(info.artifact_type.as_deref(), Some("application/vnd.example.sbom"));
+        assert_eq!(
+            info.artifact_type.as_deref(),
+            Some("application/vnd.example.sbom")
+        );
     }
 
     #[test]
@@ -221,13 +246,19 @@ mod tests {
             inspect(bare.as_bytes(), Some("application/json")),
             Err(ManifestError::UnsupportedMediaType(_))
         ));
-        assert!(matches!(inspect(b"{", None), Err(ManifestError::NotJson(_))));
+        assert!(matches!(
+            inspect(b"{", None),
+            Err(ManifestError::NotJson(_))
+        ));
     }
 
     #[test]
     fn accept_negotiation() {
         assert!(accepts(&[], OCI_INDEX));
-        assert!(accepts(&[&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0.5")], OCI_INDEX));
+        assert!(accepts(
+            &[&format!("{OCI_MANIFEST}, {OCI_INDEX};q=0.5")],
+            OCI_INDEX
+        ));
         assert!(!accepts(&[DOCKER_MANIFEST], OCI_INDEX));
         assert!(accepts(&["*/*"], OCI_INDEX));
     }

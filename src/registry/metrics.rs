@@ -43,7 +43,9 @@ impl Metrics {
     /// The Prometheus text format; `open_uploads` is the current number of upload sessions.
     pub fn render(&self, open_uploads: u64) -> String {
         let mut out = String::new();
-        out.push_str("# HELP imgbuild_registry_requests_total HTTP requests by route, method and status.\n");
+        out.push_str(
+            "# HELP imgbuild_registry_requests_total HTTP requests by route, method and status.\n",
+        );
         out.push_str("# TYPE imgbuild_registry_requests_total counter\n");
         {
             let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
@@ -55,13 +57,33 @@ impl Metrics {
             }
         }
         let counters = [
-            ("imgbuild_registry_bytes_received_total", "Request body bytes received.", &self.bytes_in),
-            ("imgbuild_registry_bytes_sent_total", "Response body bytes sent.", &self.bytes_out),
-            ("imgbuild_registry_uploads_started_total", "Blob upload sessions started.", &self.uploads_started),
-            ("imgbuild_registry_uploads_completed_total", "Blob uploads completed and verified.", &self.uploads_completed),
+            (
+                "imgbuild_registry_bytes_received_total",
+                "Request body bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "imgbuild_registry_bytes_sent_total",
+                "Response body bytes sent.",
+                &self.bytes_out,
+            ),
+            (
+                "imgbuild_registry_uploads_started_total",
+                "Blob upload sessions started.",
+                &self.uploads_started,
+            ),
+            (
+                "imgbuild_registry_uploads_completed_total",
+                "Blob uploads completed and verified.",
+                &self.uploads_completed,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(
             out,

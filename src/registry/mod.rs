@@ -23,6 +23,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::ListenerExt as _;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 pub use config::RegistryConfig;
@@ -67,7 +68,10 @@ pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             config.body_idle_timeout,
         ))
-        .layer(middleware::from_fn_with_state(metrics, api_version_and_metrics))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            api_version_and_metrics,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
@@ -148,8 +152,18 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        axum::serve(self.listener, self.app)
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        // Responses go out as header and body writes: without TCP_NODELAY, Nagle's algorithm
+        // and delayed ACKs would hold small streamed bodies back.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ServeError::Serve)
@@ -182,7 +196,11 @@ pub async fn spawn(config: &RegistryConfig) -> Result<RunningServer, ServeError>
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    Ok(RunningServer { addr, shutdown, task })
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

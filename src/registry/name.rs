@@ -176,7 +176,13 @@ mod tests {
 
     #[test]
     fn accepts_spec_repository_names() {
-        for name in ["a", "team/app", "a.b_c__d---e/f0", "library/busybox", "x/y/z"] {
+        for name in [
+            "a",
+            "team/app",
+            "a.b_c__d---e/f0",
+            "library/busybox",
+            "x/y/z",
+        ] {
             assert!(RepositoryName::parse(name).is_some(), "{name}");
         }
     }
@@ -184,8 +190,22 @@ mod tests {
     #[test]
     fn rejects_path_tricks_and_bad_repository_names() {
         for name in [
-            "", "..", "a/../b", "a//b", "/a", "a/", "A", "a__-b", "a___b", "_a", "a.", "a/.b",
-            "a/_manifests", "a b", "a%2fb", "a\\b",
+            "",
+            "..",
+            "a/../b",
+            "a//b",
+            "/a",
+            "a/",
+            "A",
+            "a__-b",
+            "a___b",
+            "_a",
+            "a.",
+            "a/.b",
+            "a/_manifests",
+            "a b",
+            "a%2fb",
+            "a\\b",
         ] {
             assert!(RepositoryName::parse(name).is_none(), "{name:?}");
         }
@@ -206,8 +226,14 @@ mod tests {
     #[test]
     fn parses_references_and_upload_ids() {
         assert_eq!(Reference::parse("v1"), Ok(Reference::Tag("v1".into())));
-        assert!(matches!(Reference::parse("sha256:abc"), Err(ReferenceError::BadDigest(_))));
-        assert!(matches!(Reference::parse("..."), Err(ReferenceError::BadTag(_))));
+        assert!(matches!(
+            Reference::parse("sha256:abc"),
+            Err(ReferenceError::BadDigest(_))
+        ));
+        assert!(matches!(
+            Reference::parse("..."),
+            Err(ReferenceError::BadTag(_))
+        ));
         let id = UploadId::random().unwrap();
         assert_eq!(UploadId::parse(id.as_str()), Some(id));
         assert!(UploadId::parse("../../etc/passwd").is_none());

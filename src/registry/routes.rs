@@ -101,7 +101,12 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> R
     if matches!(endpoint, Endpoint::Upload(..)) {
         return handle(&state.registry, endpoint, request).await;
     }
-    match tokio::time::timeout(state.request_timeout, handle(&state.registry, endpoint, request)).await {
+    match tokio::time::timeout(
+        state.request_timeout,
+        handle(&state.registry, endpoint, request),
+    )
+    .await
+    {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(%path, "request timed out");
@@ -126,7 +131,9 @@ async fn handle(registry: &Registry, endpoint: Endpoint, request: Request) -> Re
         (Endpoint::Manifest(name, reference), method) => {
             manifest(registry, &name, &reference, method, request).await
         }
-        (Endpoint::Blob(name, digest), method) => blob(registry, &name, &digest, method, request).await,
+        (Endpoint::Blob(name, digest), method) => {
+            blob(registry, &name, &digest, method, request).await
+        }
         (Endpoint::Upload(name, id), method) => upload(registry, &name, id, method, request).await,
         (Endpoint::Referrers(name, digest), Method::GET) => match query_pairs(&request) {
             Ok(pairs) => referrers(registry, &name, &digest, pairs).await,
@@ -153,7 +160,8 @@ fn empty(status: StatusCode) -> Response {
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(text).map_err(|e| ApiError::Internal(format!("header value {text:?}: {e}")))
+    HeaderValue::from_str(text)
+        .map_err(|e| ApiError::Internal(format!("header value {text:?}: {e}")))
 }
 
 fn repository(name: &str) -> Result<RepositoryName, ApiError> {
@@ -172,10 +180,13 @@ fn query_pairs(request: &Request) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 fn query_one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -193,9 +204,12 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// The request body as a byte stream that counts bytes into the metrics.
 fn body_stream(registry: &Registry, request: Request) -> ByteStream {
     let metrics = registry.metrics().clone();
-    TryStreamExt::map_err(request.into_body().into_data_stream(), std::io::Error::other)
-        .inspect_ok(move |chunk| metrics.add_bytes_in(chunk.len() as u64))
-        .boxed()
+    TryStreamExt::map_err(
+        request.into_body().into_data_stream(),
+        std::io::Error::other,
+    )
+    .inspect_ok(move |chunk| metrics.add_bytes_in(chunk.len() as u64))
+    .boxed()
 }
 
 // ---------------------------------------------------------------- listings
@@ -211,7 +225,13 @@ fn paging(pairs: &[(String, String)]) -> Result<(Option<usize>, Option<String>),
     Ok((limit, query_one(pairs, "last").map(str::to_string)))
 }
 
-fn page_response(path: &str, key: &str, name: Option<&str>, page: Page, limit: Option<usize>) -> Result<Response, ApiError> {
+fn page_response(
+    path: &str,
+    key: &str,
+    name: Option<&str>,
+    page: Page,
+    limit: Option<usize>,
+) -> Result<Response, ApiError> {
     let mut body = serde_json::Map::new();
     if let Some(name) = name {
         body.insert("name".into(), name.into());
@@ -220,7 +240,9 @@ fn page_response(path: &str, key: &str, name: Option<&str>, page: Page, limit: O
     let mut response = axum::Json(serde_json::Value::Object(body)).into_response();
     if let (Some(last), Some(limit)) = (page.next_last, limit) {
         let link = format!("<{path}?n={limit}&last={last}>; rel=\"next\"");
-        response.headers_mut().insert(header::LINK, header_value(&link)?);
+        response
+            .headers_mut()
+            .insert(header::LINK, header_value(&link)?);
     }
     Ok(response)
 }
@@ -235,11 +257,21 @@ async fn catalog(registry: &Registry, pairs: Vec<(String, String)>) -> Result<Re
     page_response("/v2/_catalog", "repositories", None, page, limit)
 }
 
-async fn tags(registry: &Registry, name: &str, pairs: Vec<(String, String)>) -> Result<Response, ApiError> {
+async fn tags(
+    registry: &Registry,
+    name: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
     let repo = repository(name)?;
     let (limit, last) = paging(&pairs)?;
     let page = registry.tags(&repo, limit, last.as_deref()).await?;
-    page_response(&format!("/v2/{repo}/tags/list"), "tags", Some(repo.as_str()), page, limit)
+    page_response(
+        &format!("/v2/{repo}/tags/list"),
+        "tags",
+        Some(repo.as_str()),
+        page,
+        limit,
+    )
 }
 
 // ---------------------------------------------------------------- manifests
@@ -280,7 +312,10 @@ async fn manifest(
             };
             let mut response = (StatusCode::OK, body).into_response();
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, header_value(&found.manifest.media_type)?);
+            headers.insert(
+                header::CONTENT_TYPE,
+                header_value(&found.manifest.media_type)?,
+            );
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             headers.insert(CONTENT_DIGEST, header_value(&found.digest.to_string())?);
             Ok(response)
@@ -295,7 +330,8 @@ async fn manifest(
             if let Some(bad) = extra_tags.iter().find(|t| !is_valid_tag(t)) {
                 return Err(ApiError::TagInvalid(format!("{bad:?}")));
             }
-            let content_type = header_str(request.headers(), header::CONTENT_TYPE).map(str::to_string);
+            let content_type =
+                header_str(request.headers(), header::CONTENT_TYPE).map(str::to_string);
             if content_length(request.headers())?.is_some_and(|n| n > MAX_MANIFEST_BYTES as u64) {
                 return Err(ApiError::ManifestTooLarge(format!(
                     "manifests are limited to {MAX_MANIFEST_BYTES} bytes"
@@ -313,7 +349,13 @@ async fn manifest(
             };
             registry.metrics().add_bytes_in(bytes.len() as u64);
             let put = registry
-                .put_manifest(&repo, &reference, content_type.as_deref(), bytes, &extra_tags)
+                .put_manifest(
+                    &repo,
+                    &reference,
+                    content_type.as_deref(),
+                    bytes,
+                    &extra_tags,
+                )
                 .await?;
             let mut response = empty(StatusCode::CREATED);
             let headers = response.headers_mut();
@@ -427,7 +469,12 @@ async fn blob(
 // ---------------------------------------------------------------- uploads
 
 /// 202 response describing an upload session at `offset`.
-fn upload_status(repo: &RepositoryName, id: &UploadId, offset: u64, status: StatusCode) -> Result<Response, ApiError> {
+fn upload_status(
+    repo: &RepositoryName,
+    id: &UploadId,
+    offset: u64,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
     let mut response = empty(status);
     let headers = response.headers_mut();
     headers.insert(
@@ -482,7 +529,9 @@ async fn upload(
     let Some(id) = id else {
         return match method {
             Method::POST => start_upload(registry, &repo, request).await,
-            other => Err(ApiError::Unsupported(format!("{other} on the uploads collection"))),
+            other => Err(ApiError::Unsupported(format!(
+                "{other} on the uploads collection"
+            ))),
         };
     };
     let id = UploadId::parse(&id).ok_or_else(|| ApiError::BlobUploadUnknown(format!("{id:?}")))?;
@@ -509,7 +558,9 @@ async fn upload(
                 None => (None, length),
             };
             let body = body_stream(registry, request);
-            let offset = registry.append(&repo, &id, start, expected_len, body).await?;
+            let offset = registry
+                .append(&repo, &id, start, expected_len, body)
+                .await?;
             upload_status(&repo, &id, offset, StatusCode::ACCEPTED)
         }
         Method::PUT => {
@@ -528,7 +579,9 @@ async fn upload(
                     None => (None, length),
                 };
                 let body = body_stream(registry, request);
-                registry.append(&repo, &id, start, expected_len, body).await?;
+                registry
+                    .append(&repo, &id, start, expected_len, body)
+                    .await?;
             }
             registry.finish_upload(&repo, &id, &digest).await?;
             blob_created(&repo, &digest)
@@ -537,16 +590,26 @@ async fn upload(
             registry.cancel_upload(&repo, &id).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        other => Err(ApiError::Unsupported(format!("{other} on an upload session"))),
+        other => Err(ApiError::Unsupported(format!(
+            "{other} on an upload session"
+        ))),
     }
 }
 
-async fn start_upload(registry: &Registry, repo: &RepositoryName, request: Request) -> Result<Response, ApiError> {
+async fn start_upload(
+    registry: &Registry,
+    repo: &RepositoryName,
+    request: Request,
+) -> Result<Response, ApiError> {
     let pairs = query_pairs(&request)?;
     if let Some(mount) = query_one(&pairs, "mount") {
         let digest = digest_param(mount)?;
         let from = query_one(&pairs, "from").map(repository).transpose()?;
-        if registry.try_mount(repo, &digest, from.as_ref()).await?.is_some() {
+        if registry
+            .try_mount(repo, &digest, from.as_ref())
+            .await?
+            .is_some()
+        {
             return blob_created(repo, &digest);
         }
         // Not mountable: fall back to a new upload session.
@@ -563,7 +626,12 @@ async fn start_upload(registry: &Registry, repo: &RepositoryName, request: Reque
 
 // ---------------------------------------------------------------- referrers
 
-async fn referrers(registry: &Registry, name: &str, digest: &str, pairs: Vec<(String, String)>) -> Result<Response, ApiError> {
+async fn referrers(
+    registry: &Registry,
+    name: &str,
+    digest: &str,
+    pairs: Vec<(String, String)>,
+) -> Result<Response, ApiError> {
     let repo = repository(name)?;
     let subject = digest_param(digest)?;
     let artifact_type = query_one(&pairs, "artifactType");
@@ -575,7 +643,10 @@ async fn referrers(registry: &Registry, name: &str, digest: &str, pairs: Vec<(St
         HeaderValue::from_static(super::manifest::OCI_INDEX),
     );
     if artifact_type.is_some() {
-        headers.insert(OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+        headers.insert(
+            OCI_FILTERS_APPLIED,
+            HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(response)
 }

@@ -78,7 +78,11 @@ impl Registry {
         Ok(self.storage.blob_read(digest, start, len).await?)
     }
 
-    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<(), ApiError> {
+    pub async fn delete_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), ApiError> {
         if self.storage.unlink_blob(repo, digest).await? {
             Ok(())
         } else {
@@ -114,7 +118,11 @@ impl Registry {
         Ok(id)
     }
 
-    pub async fn upload_offset(&self, repo: &RepositoryName, id: &UploadId) -> Result<u64, ApiError> {
+    pub async fn upload_offset(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<u64, ApiError> {
         Ok(self.storage.upload_offset(repo, id).await?)
     }
 
@@ -143,7 +151,11 @@ impl Registry {
         Ok(size)
     }
 
-    pub async fn cancel_upload(&self, repo: &RepositoryName, id: &UploadId) -> Result<(), ApiError> {
+    pub async fn cancel_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<(), ApiError> {
         Ok(self.storage.upload_cancel(repo, id).await?)
     }
 
@@ -248,7 +260,11 @@ impl Registry {
         match actual_size {
             None => Err(ApiError::ManifestBlobUnknown(format!(
                 "{} {digest} is not in {repo}",
-                if reference.is_manifest { "manifest" } else { "blob" }
+                if reference.is_manifest {
+                    "manifest"
+                } else {
+                    "blob"
+                }
             ))),
             Some(size) if size != reference.size => Err(ApiError::ManifestInvalid(format!(
                 "descriptor of {digest} says {} bytes, the registry holds {size}",
@@ -267,12 +283,10 @@ impl Registry {
         let unknown = || ApiError::ManifestUnknown(format!("{reference} in {repo}"));
         let digest = match reference {
             Reference::Digest(digest) => digest.clone(),
-            Reference::Tag(tag) => {
-                match self.storage.tag_get(repo, tag).await? {
-                    Some(digest) => digest,
-                    None => return Err(self.unknown_repo_or(repo, unknown()).await),
-                }
-            }
+            Reference::Tag(tag) => match self.storage.tag_get(repo, tag).await? {
+                Some(digest) => digest,
+                None => return Err(self.unknown_repo_or(repo, unknown()).await),
+            },
         };
         match self.storage.manifest_get(repo, &digest).await? {
             Some(manifest) => Ok(FoundManifest { digest, manifest }),
@@ -300,14 +314,20 @@ impl Registry {
                     Ok(())
                 } else {
                     Err(self
-                        .unknown_repo_or(repo, ApiError::ManifestUnknown(format!("tag {tag} in {repo}")))
+                        .unknown_repo_or(
+                            repo,
+                            ApiError::ManifestUnknown(format!("tag {tag} in {repo}")),
+                        )
                         .await)
                 }
             }
             Reference::Digest(digest) => {
                 let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
                     return Err(self
-                        .unknown_repo_or(repo, ApiError::ManifestUnknown(format!("{digest} in {repo}")))
+                        .unknown_repo_or(
+                            repo,
+                            ApiError::ManifestUnknown(format!("{digest} in {repo}")),
+                        )
                         .await);
                 };
                 if let Ok(info) = manifest::inspect(&stored.bytes, Some(&stored.media_type))
@@ -336,7 +356,11 @@ impl Registry {
     }
 
     /// Repository names, paged.
-    pub async fn catalog(&self, limit: Option<usize>, last: Option<&str>) -> Result<Page, ApiError> {
+    pub async fn catalog(
+        &self,
+        limit: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page, ApiError> {
         let repositories = self.storage.repositories().await?;
         Ok(page(repositories, limit, last))
     }
@@ -364,7 +388,10 @@ impl Registry {
 /// Cuts a sorted list to the items after `last`, at most `limit` of them.
 fn page(sorted: Vec<String>, limit: Option<usize>, last: Option<&str>) -> Page {
     let after_last: Vec<String> = match last {
-        Some(last) => sorted.into_iter().filter(|item| item.as_str() > last).collect(),
+        Some(last) => sorted
+            .into_iter()
+            .filter(|item| item.as_str() > last)
+            .collect(),
         None => sorted,
     };
     match limit {

@@ -98,12 +98,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> StorageResult<()> {
     temp.write_all(bytes)
         .and_then(|()| temp.as_file().sync_all())
         .map_err(io_error("write temp file for", path))?;
-    temp.persist(path)
-        .map_err(|e| StorageError::Io {
-            action: "rename temp file to",
-            path: path.to_path_buf(),
-            source: e.error,
-        })?;
+    temp.persist(path).map_err(|e| StorageError::Io {
+        action: "rename temp file to",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     sync_dir(dir)
 }
 
@@ -368,8 +367,12 @@ impl Storage for FilesystemStorage {
 
     async fn repository_exists(&self, repo: &RepositoryName) -> StorageResult<bool> {
         let dir = self.repo_dir(repo);
-        Ok(tokio::fs::try_exists(dir.join("_layers")).await.unwrap_or(false)
-            || tokio::fs::try_exists(dir.join("_manifests")).await.unwrap_or(false))
+        Ok(tokio::fs::try_exists(dir.join("_layers"))
+            .await
+            .unwrap_or(false)
+            || tokio::fs::try_exists(dir.join("_manifests"))
+                .await
+                .unwrap_or(false))
     }
 
     async fn repositories(&self) -> StorageResult<Vec<String>> {
@@ -379,8 +382,7 @@ impl Storage for FilesystemStorage {
             let mut pending = vec![(root.clone(), String::new())];
             while let Some((dir, name)) = pending.pop() {
                 let children = list_names(&dir)?;
-                if !name.is_empty()
-                    && children.iter().any(|c| c == "_layers" || c == "_manifests")
+                if !name.is_empty() && children.iter().any(|c| c == "_layers" || c == "_manifests")
                 {
                     found.push(name.clone());
                 }
@@ -632,7 +634,12 @@ impl Storage for FilesystemStorage {
         .await
     }
 
-    async fn tag_set(&self, repo: &RepositoryName, tag: &str, digest: &Digest) -> StorageResult<()> {
+    async fn tag_set(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        digest: &Digest,
+    ) -> StorageResult<()> {
         let path = self.tags_dir(repo).join(tag);
         let text = digest.to_string();
         blocking(move || write_atomic(&path, text.as_bytes())).await
@@ -765,7 +772,10 @@ mod tests {
             .await
             .unwrap();
         let digest = Digest::sha256_of(b"hello world!");
-        assert_eq!(storage.upload_finish(&repo, &id, &digest).await.unwrap(), 12);
+        assert_eq!(
+            storage.upload_finish(&repo, &id, &digest).await.unwrap(),
+            12
+        );
         assert!(storage.blob_linked(&repo, &digest).await.unwrap());
         assert_eq!(storage.blob_size(&digest).await.unwrap(), Some(12));
         assert!(!storage.blob_linked(&other, &digest).await.unwrap());
@@ -805,7 +815,10 @@ mod tests {
             Err(StorageError::DigestMismatch { .. })
         ));
         assert_eq!(storage.blob_size(&wrong).await.unwrap(), None);
-        assert_eq!(storage.blob_size(&Digest::sha256_of(b"abc")).await.unwrap(), None);
+        assert_eq!(
+            storage.blob_size(&Digest::sha256_of(b"abc")).await.unwrap(),
+            None
+        );
         assert_eq!(storage.upload_count().await.unwrap(), 0);
     }
 
@@ -819,7 +832,10 @@ mod tests {
             storage
                 .upload_append(&repo, &id, Some(0), Some(5), stream_of(&[b"abc"]))
                 .await,
-            Err(StorageError::SizeMismatch { expected: 5, actual: 3 })
+            Err(StorageError::SizeMismatch {
+                expected: 5,
+                actual: 3
+            })
         ));
         assert_eq!(storage.upload_offset(&repo, &id).await.unwrap(), 0);
         let sha512 = Digest::of(Algorithm::Sha512, b"abc");

@@ -123,7 +123,8 @@ pub trait Storage: Send + Sync + 'static {
     ) -> StorageResult<Option<StoredManifest>>;
     /// Unlinks the manifest and every tag pointing at it; returns whether it was linked.
     async fn manifest_delete(&self, repo: &RepositoryName, digest: &Digest) -> StorageResult<bool>;
-    async fn tag_set(&self, repo: &RepositoryName, tag: &str, digest: &Digest) -> StorageResult<()>;
+    async fn tag_set(&self, repo: &RepositoryName, tag: &str, digest: &Digest)
+    -> StorageResult<()>;
     async fn tag_get(&self, repo: &RepositoryName, tag: &str) -> StorageResult<Option<Digest>>;
     async fn tag_delete(&self, repo: &RepositoryName, tag: &str) -> StorageResult<bool>;
     /// All tags of `repo`, sorted.
