@@ -1366,3 +1366,30 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn oversized_request_headers_get_431() {
+    let registry = TestRegistry::start().await;
+    let response = registry
+        .request(Method::GET, "/v2/")
+        .header("X-Padding", "p".repeat(70 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(
+        header(&response, "docker-distribution-api-version"),
+        "registry/2.0"
+    );
+    let mut request = registry.request(Method::GET, "/v2/");
+    for i in 0..80 {
+        request = request.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(
+        request.send().await.unwrap().status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+}

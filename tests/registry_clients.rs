@@ -440,3 +440,70 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
     }
     assert_blobs_verify(&data_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reads_config_file_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.toml");
+    let data = dir.path().join("from-config");
+    std::fs::write(
+        &config,
+        format!("addr = \"127.0.0.1:{port}\"\ndata = \"{}\"\nlog_format = \"json\"\n[storage]\ndriver = \"filesystem\"\n", data.display()),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        up,
+        "imgbuild serve --config did not listen on the configured port {port}"
+    );
+    assert!(
+        data.join("blobs").is_dir(),
+        "the data directory from the config file is used"
+    );
+    let pid = child.id().unwrap().to_string();
+    run("kill", &["-TERM", &pid]).await;
+    let output = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["fields"]["message"], "registry listening");
+    assert!(log.contains("SIGTERM received"), "{log}");
+
+    // An unsupported setting is refused with a message naming it.
+    std::fs::write(&config, "[gc]\nenabled = true\n").unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("garbage collection is not implemented")
+    );
+}

@@ -68,6 +68,7 @@ pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             config.body_idle_timeout,
         ))
+        .layer(middleware::from_fn(limit_headers))
         .layer(middleware::from_fn_with_state(
             metrics,
             api_version_and_metrics,
@@ -96,6 +97,30 @@ async fn render_metrics(State(state): State<Arc<routes::AppState>>) -> Response 
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     response
+}
+
+/// Most request headers accepted (hyper's own cap is 100).
+const MAX_HEADER_COUNT: usize = 64;
+/// Most bytes of request header names and values accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses requests with too many or too large headers with 431.
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || bytes > MAX_HEADER_BYTES {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "at most {MAX_HEADER_COUNT} headers and {MAX_HEADER_BYTES} bytes of headers are accepted\n"
+            ),
+        )
+            .into_response();
+    }
+    next.run(request).await
 }
 
 /// Adds `Docker-Distribution-API-Version` to every response and counts it.
