@@ -1393,3 +1393,54 @@ async fn oversized_request_headers_get_431() {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
 }
+
+#[tokio::test]
+async fn concurrent_uploads_serialize_per_session_and_dedupe_blobs() {
+    let registry = TestRegistry::start().await;
+    // Two streamed PATCHes to one session at once: both land, one after the other.
+    let response = registry
+        .request(Method::POST, "/v2/con/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let location = header(&response, "location").to_string();
+    let part = vec![b'z'; 300_000];
+    let (a, b) = tokio::join!(
+        registry
+            .request(Method::PATCH, &location)
+            .body(part.clone())
+            .send(),
+        registry
+            .request(Method::PATCH, &location)
+            .body(part.clone())
+            .send(),
+    );
+    assert_eq!(a.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(b.unwrap().status(), StatusCode::ACCEPTED);
+    let whole = [part.clone(), part.clone()].concat();
+    let digest = Digest::sha256_of(&whole);
+    let response = registry
+        .request(Method::PUT, &format!("{location}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // The same blob pushed to many repositories at once: all succeed, stored once.
+    let data = b"same content everywhere".to_vec();
+    let pushes = (0..8).map(|i| {
+        let data = data.clone();
+        let digest = Digest::sha256_of(&data);
+        registry
+            .request(
+                Method::POST,
+                &format!("/v2/con/r{i}/blobs/uploads/?digest={digest}"),
+            )
+            .body(data)
+            .send()
+    });
+    for response in futures::future::join_all(pushes).await {
+        assert_eq!(response.unwrap().status(), StatusCode::CREATED);
+    }
+    assert_eq!(walk_files(&registry.dir.path().join("blobs")).len(), 2);
+}

@@ -50,7 +50,9 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The spec error code and HTTP status of this error.
+    /// The error code and HTTP status of this error. Codes are the distribution-spec's, plus
+    /// three that CNCF distribution also sends where the spec has none: `TAG_INVALID`,
+    /// `RANGE_INVALID` and `PAGINATION_NUMBER_INVALID` (and `UNKNOWN` for internal errors).
     pub fn code_and_status(&self) -> (&'static str, StatusCode) {
         use ApiError::*;
         match self {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::error::ApiError;
-use super::manifest::{self, ManifestError, OCI_INDEX};
+use super::manifest::{self, OCI_INDEX};
 use super::metrics::Metrics;
 use super::name::{Reference, RepositoryName, UploadId};
 use super::storage::{ByteStream, Storage, StoredManifest};
@@ -189,10 +189,8 @@ impl Registry {
         bytes: Bytes,
         extra_tags: &[String],
     ) -> Result<PutManifest, ApiError> {
-        let info = manifest::inspect(&bytes, content_type).map_err(|e| match e {
-            ManifestError::UnsupportedMediaType(_) => ApiError::ManifestInvalid(e.to_string()),
-            other => ApiError::ManifestInvalid(other.to_string()),
-        })?;
+        let info = manifest::inspect(&bytes, content_type)
+            .map_err(|e| ApiError::ManifestInvalid(e.to_string()))?;
         let digest = match reference {
             Reference::Digest(expected) => {
                 let mut hasher = Hasher::new(expected.algorithm());
@@ -366,7 +364,7 @@ impl Registry {
     }
 
     /// The referrers of `subject` in `repo` as an OCI image index, optionally filtered by
-    /// artifact type. Returns the index and whether the filter was applied.
+    /// artifact type.
     pub async fn referrers(
         &self,
         repo: &RepositoryName,

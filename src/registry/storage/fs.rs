@@ -209,13 +209,14 @@ impl FilesystemStorage {
         self.root.join("uploads").join(id.as_str())
     }
 
-    /// The in-memory session for `id`, loading it from disk after a restart. Fails with
-    /// `UploadUnknown` when there is no such session or it belongs to another repository.
-    async fn session(
+    /// Locks the session `id` of `repo`, loading it from disk after a restart. Fails with
+    /// `UploadUnknown` when there is no such session, it belongs to another repository, or it
+    /// finished while this request waited for the lock.
+    async fn lock_session(
         &self,
         repo: &RepositoryName,
         id: &UploadId,
-    ) -> StorageResult<Arc<Mutex<Session>>> {
+    ) -> StorageResult<tokio::sync::OwnedMutexGuard<Session>> {
         let existing = self.lock_sessions().get(id).cloned();
         let session = match existing {
             Some(session) => session,
@@ -231,10 +232,12 @@ impl FilesystemStorage {
                     .clone()
             }
         };
-        if session.lock().await.repository != repo.as_str() {
+        let guard = session.lock_owned().await;
+        // A finished or cancelled session has its repository cleared.
+        if guard.repository != repo.as_str() {
             return Err(StorageError::UploadUnknown(id.to_string()));
         }
-        Ok(session)
+        Ok(guard)
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<Mutex<Session>>>> {
@@ -243,8 +246,12 @@ impl FilesystemStorage {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn forget_session(&self, id: &UploadId) {
+    /// Ends a session whose lock the caller holds: marks it finished (requests waiting for the
+    /// lock then see it as unknown), forgets it, and removes its directory.
+    async fn end_session(&self, session: &mut Session, id: &UploadId) -> StorageResult<()> {
+        session.repository.clear();
         self.lock_sessions().remove(id);
+        self.remove_upload_dir(id).await
     }
 
     async fn remove_upload_dir(&self, id: &UploadId) -> StorageResult<()> {
@@ -450,9 +457,7 @@ impl Storage for FilesystemStorage {
     }
 
     async fn upload_offset(&self, repo: &RepositoryName, id: &UploadId) -> StorageResult<u64> {
-        let session = self.session(repo, id).await?;
-        let offset = session.lock().await.offset;
-        Ok(offset)
+        Ok(self.lock_session(repo, id).await?.offset)
     }
 
     async fn upload_append(
@@ -463,8 +468,7 @@ impl Storage for FilesystemStorage {
         expected_len: Option<u64>,
         mut body: ByteStream,
     ) -> StorageResult<u64> {
-        let session = self.session(repo, id).await?;
-        let mut session = session.lock().await;
+        let mut session = self.lock_session(repo, id).await?;
         if let Some(start) = start
             && start != session.offset
         {
@@ -535,8 +539,7 @@ impl Storage for FilesystemStorage {
         id: &UploadId,
         digest: &Digest,
     ) -> StorageResult<u64> {
-        let session_arc = self.session(repo, id).await?;
-        let mut session = session_arc.lock().await;
+        let mut session = self.lock_session(repo, id).await?;
         let size = session.offset;
         let data_path = self.upload_dir(id).join("data");
         let actual = match (digest.algorithm(), session.sha256.take()) {
@@ -547,9 +550,7 @@ impl Storage for FilesystemStorage {
             }
         };
         if &actual != digest {
-            drop(session);
-            self.forget_session(id);
-            self.remove_upload_dir(id).await?;
+            self.end_session(&mut session, id).await?;
             return Err(StorageError::DigestMismatch {
                 expected: digest.clone(),
                 actual,
@@ -558,21 +559,13 @@ impl Storage for FilesystemStorage {
         let target = self.blob_path(digest);
         blocking(move || install_blob(&data_path, &target)).await?;
         self.link_blob(repo, digest).await?;
-        // Mark the session finished before forgetting it, so a racing request sees it gone.
-        session.repository.clear();
-        drop(session);
-        self.forget_session(id);
-        self.remove_upload_dir(id).await?;
+        self.end_session(&mut session, id).await?;
         Ok(size)
     }
 
     async fn upload_cancel(&self, repo: &RepositoryName, id: &UploadId) -> StorageResult<()> {
-        let session = self.session(repo, id).await?;
-        let mut session = session.lock().await;
-        session.repository.clear();
-        drop(session);
-        self.forget_session(id);
-        self.remove_upload_dir(id).await
+        let mut session = self.lock_session(repo, id).await?;
+        self.end_session(&mut session, id).await
     }
 
     async fn upload_count(&self) -> StorageResult<u64> {
