@@ -507,3 +507,73 @@ async fn binary_reads_config_file_and_stops_cleanly_on_sigterm() {
         String::from_utf8_lossy(&output.stderr).contains("garbage collection is not implemented")
     );
 }
+
+/// The containerd socket of the Docker engine that `scripts/test` starts.
+const CONTAINERD_SOCKET: &str = "/var/run/docker/containerd/containerd.sock";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_and_pushes_through_ctr() {
+    let base = base_image();
+    assert!(
+        Path::new(CONTAINERD_SOCKET).exists(),
+        "{CONTAINERD_SOCKET} is missing: run scripts/test, which starts the Docker engine"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(&dir.path().join("data")).await;
+    let ours = server.addr.to_string();
+    // One fixed namespace, so repeated runs do not pile up namespaces in the engine.
+    let namespace = "imgbuild-registry-test".to_string();
+    let ctr = |args: &[&str]| {
+        let mut all = vec!["-a", CONTAINERD_SOCKET, "-n", namespace.as_str()];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_string).collect::<Vec<String>>()
+    };
+    let run_ctr = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("ctr", &args).await
+    };
+
+    // Seed our registry with skopeo, then let containerd pull it and push it elsewhere.
+    let first = format!("{ours}/ctr/first:1");
+    let second = format!("{ours}/ctr/second:1");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{base}"),
+            &format!("docker://{first}"),
+        ],
+    )
+    .await;
+    run_ctr(ctr(&["images", "pull", "--plain-http", &first])).await;
+    run_ctr(ctr(&["images", "tag", &first, &second])).await;
+    run_ctr(ctr(&["images", "push", "--plain-http", &second])).await;
+    let raw_first = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{first}"),
+        ],
+    )
+    .await;
+    let raw_second = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{second}"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        raw_first, raw_second,
+        "containerd pushed the manifest byte for byte"
+    );
+    run_ctr(ctr(&["images", "rm", &first, &second])).await;
+    server.stop().await.unwrap();
+}
