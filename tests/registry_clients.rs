@@ -307,6 +307,15 @@ impl Child {
         panic!("imgbuild serve did not answer on port {port}");
     }
 
+    /// Peak resident memory of the server process, in bytes (VmHWM).
+    fn peak_rss(&self) -> u64 {
+        let pid = self.process.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
     /// SIGKILL, no chance to clean up.
     async fn kill_9(mut self) {
         self.process.kill().await.unwrap();
@@ -420,6 +429,13 @@ async fn kill_9_during_chunked_upload_loses_nothing_acknowledged() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    // Uploads stream to disk: memory stays far below the 48 MiB blob.
+    let peak = child.peak_rss();
+    assert!(
+        peak < 40 << 20,
+        "peak RSS {} MiB while uploading a 48 MiB blob",
+        peak >> 20
+    );
 
     // Kill again right after: both blobs survive and verify.
     child.kill_9().await;
