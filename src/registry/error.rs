@@ -111,8 +111,13 @@ impl IntoResponse for ApiError {
             }
             _ => serde_json::Value::Null,
         };
+        // Internal details (file paths, OS errors) go to the log, not to the client.
+        let message = match &self {
+            ApiError::Internal(_) => "internal server error; see the registry log".to_string(),
+            other => other.to_string(),
+        };
         let body = serde_json::json!({
-            "errors": [{ "code": code, "message": self.to_string(), "detail": detail }]
+            "errors": [{ "code": code, "message": message, "detail": detail }]
         });
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
