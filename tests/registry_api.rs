@@ -1444,3 +1444,27 @@ async fn concurrent_uploads_serialize_per_session_and_dedupe_blobs() {
     }
     assert_eq!(walk_files(&registry.dir.path().join("blobs")).len(), 2);
 }
+
+#[tokio::test]
+async fn corrupt_storage_is_a_500_without_internal_details() {
+    let registry = TestRegistry::start().await;
+    registry.push_image("broken", "v1", b"l").await;
+    let tag_file = registry
+        .dir
+        .path()
+        .join("repositories/broken/_manifests/tags/v1");
+    std::fs::write(&tag_file, "not a digest").unwrap();
+    let response = registry
+        .request(Method::GET, "/v2/broken/manifests/v1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("\"UNKNOWN\""), "{body}");
+    let data_dir = registry.dir.path().display().to_string();
+    assert!(
+        !body.contains(&data_dir),
+        "the data directory leaked: {body}"
+    );
+}
