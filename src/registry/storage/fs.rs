@@ -17,12 +17,12 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -32,7 +32,9 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::registry::name::{RepositoryName, UploadId};
 
 /// Read buffer used when streaming blobs out and when re-hashing an upload.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
+/// Upload bytes are written to disk in batches of this size.
+const WRITE_BATCH: usize = 1024 * 1024;
 
 /// The on-disk state of an upload session.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -347,18 +349,45 @@ impl Storage for FilesystemStorage {
     }
 
     async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
-        use tokio::io::AsyncReadExt;
-        let path = self.blob_path(digest);
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(io_error("open", &path))?;
-        if start > 0 {
+        let open_path = self.blob_path(digest);
+        let file = blocking(move || {
+            let mut file = File::open(&open_path).map_err(io_error("open", &open_path))?;
             file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(io_error("seek", &path))?;
-        }
-        let reader = file.take(len);
-        Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK).boxed())
+                .map_err(io_error("seek", &open_path))?;
+            Ok(file)
+        })
+        .await?;
+        // Each step reads one chunk straight into a fresh buffer on the blocking pool; no
+        // thread is held between chunks, so slow clients cost no threads.
+        let state = Some((file, len));
+        let stream = futures::stream::unfold(state, |state| async move {
+            let (file, remaining) = state?;
+            if remaining == 0 {
+                return None;
+            }
+            let want = remaining.min(READ_CHUNK as u64);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buffer = Vec::with_capacity(want as usize);
+                let result = (&file).take(want).read_to_end(&mut buffer);
+                (file, buffer, result)
+            })
+            .await;
+            match read {
+                Ok((file, buffer, Ok(n))) if n > 0 => {
+                    Some((Ok(Bytes::from(buffer)), Some((file, remaining - n as u64))))
+                }
+                Ok((_, _, Ok(_))) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob is shorter than its recorded size",
+                    )),
+                    None,
+                )),
+                Ok((_, _, Err(e))) => Some((Err(e), None)),
+                Err(e) => Some((Err(io::Error::other(e)), None)),
+            }
+        });
+        Ok(stream.boxed())
     }
 
     async fn blob_put(&self, digest: &Digest, bytes: Bytes) -> StorageResult<()> {
@@ -490,22 +519,41 @@ impl Storage for FilesystemStorage {
         let mut hasher = session.sha256.clone();
         let mut received: u64 = 0;
         let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
+        // Small network chunks are gathered into WRITE_BATCH-sized writes: far fewer trips to
+        // the blocking pool, and memory stays bounded by one batch.
+        let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+        loop {
+            let chunk = match body.next().await {
+                None => None,
+                Some(Ok(chunk)) => Some(chunk),
+                Some(Err(e)) => {
                     failure = Some(StorageError::BodyRead(e.to_string()));
                     break;
                 }
             };
-            if let Err(e) = file.write_all(&chunk).await {
-                failure = Some(io_error("write", &data_path)(e));
+            if let Some(chunk) = &chunk {
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(chunk);
+                }
+                received += chunk.len() as u64;
+                batch.extend_from_slice(chunk);
+            }
+            let last = chunk.is_none();
+            if (last && !batch.is_empty()) || batch.len() >= WRITE_BATCH {
+                if let Err(e) = file.write_all(&batch).await {
+                    failure = Some(io_error("write", &data_path)(e));
+                    break;
+                }
+                batch.clear();
+            }
+            if last {
                 break;
             }
-            if let Some(hasher) = hasher.as_mut() {
-                hasher.update(&chunk);
-            }
-            received += chunk.len() as u64;
+        }
+        if failure.is_none()
+            && let Err(e) = file.flush().await
+        {
+            failure = Some(io_error("write", &data_path)(e));
         }
         if failure.is_none()
             && let Some(expected) = expected_len
