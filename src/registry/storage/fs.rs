@@ -320,8 +320,9 @@ fn write_upload_state(dir: &Path, repository: &str, offset: u64) -> StorageResul
     write_atomic(&dir.join("state.json"), &bytes)
 }
 
-/// Moves a verified file into the blob store (or drops it if the blob is already there).
-fn install_blob(source: &Path, target: &Path) -> StorageResult<()> {
+/// Moves the first `size` bytes of a verified upload into the blob store (or drops it if
+/// the blob is already there). Anything past `size` is an unacknowledged leftover and is cut.
+fn install_blob(source: &Path, target: &Path, size: u64) -> StorageResult<()> {
     if target.exists() {
         return Ok(());
     }
@@ -330,9 +331,11 @@ fn install_blob(source: &Path, target: &Path) -> StorageResult<()> {
         detail: "blob path has no parent".into(),
     })?;
     create_dir_all(dir)?;
-    File::open(source)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error("fsync", source))?;
+    OpenOptions::new()
+        .write(true)
+        .open(source)
+        .and_then(|f| f.set_len(size).and_then(|()| f.sync_all()))
+        .map_err(io_error("truncate and fsync", source))?;
     fs::rename(source, target).map_err(io_error("rename upload to", target))?;
     sync_dir(dir)
 }
@@ -532,6 +535,16 @@ impl Storage for FilesystemStorage {
                 }
             };
             if let Some(chunk) = &chunk {
+                if let Some(expected) = expected_len
+                    && received + chunk.len() as u64 > expected
+                {
+                    // More than the client announced: stop before writing it to disk.
+                    failure = Some(StorageError::SizeMismatch {
+                        expected,
+                        actual: received + chunk.len() as u64,
+                    });
+                    break;
+                }
                 if let Some(hasher) = hasher.as_mut() {
                     hasher.update(chunk);
                 }
@@ -605,7 +618,7 @@ impl Storage for FilesystemStorage {
             });
         }
         let target = self.blob_path(digest);
-        blocking(move || install_blob(&data_path, &target)).await?;
+        blocking(move || install_blob(&data_path, &target, size)).await?;
         self.link_blob(repo, digest).await?;
         self.end_session(&mut session, id).await?;
         Ok(size)
@@ -838,6 +851,30 @@ mod tests {
             Err(StorageError::UploadUnknown(_))
         ));
         assert_eq!(storage.upload_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn leftover_bytes_past_the_offset_never_reach_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FilesystemStorage::open(dir.path()).unwrap();
+        let repo = RepositoryName::parse("a").unwrap();
+        let id = storage.upload_start(&repo).await.unwrap();
+        storage
+            .upload_append(&repo, &id, Some(0), None, stream_of(&[b"abc"]))
+            .await
+            .unwrap();
+        // Bytes written but never acknowledged (e.g. a failed state update).
+        let data = dir.path().join("uploads").join(id.as_str()).join("data");
+        OpenOptions::new()
+            .append(true)
+            .open(&data)
+            .unwrap()
+            .write_all(b"leftover")
+            .unwrap();
+        let digest = Digest::sha256_of(b"abc");
+        assert_eq!(storage.upload_finish(&repo, &id, &digest).await.unwrap(), 3);
+        let blob = fs::read(storage.blob_path(&digest)).unwrap();
+        assert_eq!(blob, b"abc");
     }
 
     #[tokio::test]
