@@ -1469,6 +1469,9 @@ async fn corrupt_storage_is_a_500_without_internal_details() {
     );
 }
 
+/// Extra request headers of a test case.
+type Headers = Vec<(&'static str, &'static str)>;
+
 #[tokio::test]
 async fn hostile_input_is_refused_with_4xx_never_500() {
     let registry = TestRegistry::start().await;
@@ -1480,7 +1483,7 @@ async fn hostile_input_is_refused_with_4xx_never_500() {
         .unwrap();
     let upload = header(&response, "location").to_string();
     let long_name = "a/".repeat(200) + "a";
-    let cases: Vec<(Method, String, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<(Method, String, Headers)> = vec![
         (
             Method::PATCH,
             upload.clone(),
