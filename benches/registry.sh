@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of `imgbuild serve` against docker-registry (CNCF distribution 2.8):
 # manifest GET req/s and small-blob GET req/s with 32 connections (wrk), 100 MB blob GET MB/s
-# (curl), and peak RSS of each server. Prints a table with imgbuild/distribution ratios.
+# and upload MB/s (curl), and peak RSS of each server. Prints a table with imgbuild/distribution ratios.
 #
 # Usage: benches/registry.sh            (installs wrk when missing; builds imgbuild --release)
 # Env:   BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32)
@@ -79,9 +79,14 @@ upload() { # port file digest
     curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$2" \
         "$location${sep}digest=$3" -o /dev/null
 }
+declare -A result
 for port in "$ours_port" "$theirs_port"; do
     upload "$port" "$work/small" "$small"
+    started=$(date +%s.%N)
     upload "$port" "$work/big" "$big"
+    elapsed=$(echo "$(date +%s.%N) - $started" | bc -l)
+    side=ours; [ "$port" = "$theirs_port" ] && side=theirs
+    result[$side.upload]=$(echo "100 / $elapsed" | bc -l)
     upload "$port" "$work/config" "$config"
     curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' \
         --data-binary "@$work/manifest" "http://127.0.0.1:$port/v2/bench/app/manifests/v1" -o /dev/null
@@ -107,7 +112,6 @@ big_mbps() { # port
 }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
-declare -A result
 for side in ours theirs; do
     if [ "$side" = ours ]; then port=$ours_port; pid=$ours_pid; else port=$theirs_port; pid=$theirs_pid; fi
     accept='Accept: application/vnd.oci.image.manifest.v1+json'
@@ -125,4 +129,5 @@ row() { # label key unit
 row "manifest GET req/s (c=$connections)" manifest
 row "1 KiB blob GET req/s (c=$connections)" small
 row "100 MB blob GET MB/s" big
+row "100 MB blob upload (POST+PUT) MB/s" upload
 row "peak RSS MiB (lower is better)" rss

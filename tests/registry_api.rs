@@ -1468,3 +1468,116 @@ async fn corrupt_storage_is_a_500_without_internal_details() {
         "the data directory leaked: {body}"
     );
 }
+
+/// Extra request headers of a test case.
+type Headers = Vec<(&'static str, &'static str)>;
+
+#[tokio::test]
+async fn hostile_input_is_refused_with_4xx_never_500() {
+    let registry = TestRegistry::start().await;
+    let (_, digest) = registry.push_image("h", "v1", b"layer").await;
+    let response = registry
+        .request(Method::POST, "/v2/h/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let upload = header(&response, "location").to_string();
+    let long_name = "a/".repeat(200) + "a";
+    let cases: Vec<(Method, String, Headers)> = vec![
+        (
+            Method::PATCH,
+            upload.clone(),
+            vec![("Content-Range", "0-18446744073709551615")],
+        ),
+        (
+            Method::PATCH,
+            upload.clone(),
+            vec![("Content-Range", "bytes=-")],
+        ),
+        (
+            Method::PATCH,
+            upload.clone(),
+            vec![("Content-Range", "5-2")],
+        ),
+        (
+            Method::PATCH,
+            upload.clone(),
+            vec![("Content-Length", "abc")],
+        ),
+        (
+            Method::PUT,
+            format!("{upload}?digest=sha256:{}", "A".repeat(64)),
+            vec![],
+        ),
+        (Method::PUT, format!("{upload}?digest=%ZZ"), vec![]),
+        (
+            Method::GET,
+            format!("/v2/h/blobs/{digest}"),
+            vec![("Range", "bytes=99999999999999999999-")],
+        ),
+        (
+            Method::GET,
+            format!("/v2/h/blobs/{digest}"),
+            vec![("Range", "bytes=--1")],
+        ),
+        (
+            Method::GET,
+            format!("/v2/h/blobs/{digest}"),
+            vec![("Range", "bytes=0-0,5-6")],
+        ),
+        (
+            Method::GET,
+            "/v2/h/manifests/v1".to_string(),
+            vec![("Accept", "\u{e9}t\u{e9}")],
+        ),
+        (
+            Method::GET,
+            "/v2/h/tags/list?n=99999999999999999999999".to_string(),
+            vec![],
+        ),
+        (Method::GET, "/v2/_catalog?n=-1".to_string(), vec![]),
+        (Method::GET, format!("/v2/{long_name}/tags/list"), vec![]),
+        (Method::GET, "/v2/h/manifests/".to_string(), vec![]),
+        (Method::GET, "/v2/h/blobs/".to_string(), vec![]),
+        (Method::GET, "/v2/h/referrers/".to_string(), vec![]),
+        (Method::GET, "/v2//tags/list".to_string(), vec![]),
+        (Method::GET, "/v2/%00/tags/list".to_string(), vec![]),
+        (
+            Method::GET,
+            "/v2/h/blobs/uploads/../../../etc".to_string(),
+            vec![],
+        ),
+        (
+            Method::PUT,
+            "/v2/h/manifests/v2".to_string(),
+            vec![("Content-Type", OCI_MANIFEST)],
+        ),
+        (Method::PUT, "/v2/h/manifests/v2".to_string(), vec![]),
+        (
+            Method::POST,
+            "/v2/h/blobs/uploads/?mount=sha256:zz".to_string(),
+            vec![],
+        ),
+        (Method::DELETE, "/v2/h/blobs/uploads/".to_string(), vec![]),
+    ];
+    for (method, path, headers) in cases {
+        let mut request = registry.request(method.clone(), &path);
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        assert!(
+            status.is_client_error() || status.is_success(),
+            "{method} {path} {headers:?} -> {status}: {}",
+            response.text().await.unwrap()
+        );
+    }
+    // The repository still works afterwards.
+    let response = registry
+        .request(Method::GET, "/v2/h/manifests/v1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -500,7 +500,8 @@ fn blob_created(repo: &RepositoryName, digest: &Digest) -> Result<Response, ApiE
     Ok(response)
 }
 
-/// Parses a PATCH `Content-Range: <start>-<end>` (also `bytes <start>-<end>/<total>`).
+/// Parses a PATCH `Content-Range: <start>-<end>` (also `bytes <start>-<end>/<total>`) into
+/// the start offset and the length of the chunk.
 fn parse_content_range(text: &str) -> Result<(u64, u64), ApiError> {
     let bad = || ApiError::BlobUploadInvalid(format!("bad Content-Range {text:?}"));
     let spec = text.trim();
@@ -515,7 +516,8 @@ fn parse_content_range(text: &str) -> Result<(u64, u64), ApiError> {
     if end < start {
         return Err(bad());
     }
-    Ok((start, end))
+    let len = (end - start).checked_add(1).ok_or_else(bad)?;
+    Ok((start, len))
 }
 
 async fn upload(
@@ -545,8 +547,7 @@ async fn upload(
             let length = content_length(headers)?;
             let (start, expected_len) = match header_str(headers, header::CONTENT_RANGE) {
                 Some(text) => {
-                    let (start, end) = parse_content_range(text)?;
-                    let range_len = end - start + 1;
+                    let (start, range_len) = parse_content_range(text)?;
                     if length.is_some_and(|n| n != range_len) {
                         return Err(ApiError::SizeInvalid(format!(
                             "Content-Range {text:?} is {range_len} bytes but Content-Length is {}",
@@ -575,7 +576,7 @@ async fn upload(
             if length.unwrap_or(1) > 0 {
                 // A final chunk (or a body without Content-Length): append it first.
                 let (start, expected_len) = match range {
-                    Some((start, end)) => (Some(start), Some(end - start + 1)),
+                    Some((start, len)) => (Some(start), Some(len)),
                     None => (None, length),
                 };
                 let body = body_stream(registry, request);
@@ -700,8 +701,9 @@ mod tests {
 
     #[test]
     fn parses_content_ranges() {
-        assert_eq!(parse_content_range("0-99").unwrap(), (0, 99));
-        assert_eq!(parse_content_range("bytes 100-199/*").unwrap(), (100, 199));
+        assert_eq!(parse_content_range("0-99").unwrap(), (0, 100));
+        assert_eq!(parse_content_range("bytes 100-199/*").unwrap(), (100, 100));
+        assert!(parse_content_range("0-18446744073709551615").is_err());
         assert!(parse_content_range("9-1").is_err());
         assert!(parse_content_range("x").is_err());
     }

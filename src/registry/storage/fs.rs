@@ -17,12 +17,12 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
@@ -32,7 +32,9 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::registry::name::{RepositoryName, UploadId};
 
 /// Read buffer used when streaming blobs out and when re-hashing an upload.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
+/// Upload bytes are written to disk in batches of this size.
+const WRITE_BATCH: usize = 1024 * 1024;
 
 /// The on-disk state of an upload session.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -318,8 +320,9 @@ fn write_upload_state(dir: &Path, repository: &str, offset: u64) -> StorageResul
     write_atomic(&dir.join("state.json"), &bytes)
 }
 
-/// Moves a verified file into the blob store (or drops it if the blob is already there).
-fn install_blob(source: &Path, target: &Path) -> StorageResult<()> {
+/// Moves the first `size` bytes of a verified upload into the blob store (or drops it if
+/// the blob is already there). Anything past `size` is an unacknowledged leftover and is cut.
+fn install_blob(source: &Path, target: &Path, size: u64) -> StorageResult<()> {
     if target.exists() {
         return Ok(());
     }
@@ -328,9 +331,11 @@ fn install_blob(source: &Path, target: &Path) -> StorageResult<()> {
         detail: "blob path has no parent".into(),
     })?;
     create_dir_all(dir)?;
-    File::open(source)
-        .and_then(|f| f.sync_all())
-        .map_err(io_error("fsync", source))?;
+    OpenOptions::new()
+        .write(true)
+        .open(source)
+        .and_then(|f| f.set_len(size).and_then(|()| f.sync_all()))
+        .map_err(io_error("truncate and fsync", source))?;
     fs::rename(source, target).map_err(io_error("rename upload to", target))?;
     sync_dir(dir)
 }
@@ -347,18 +352,45 @@ impl Storage for FilesystemStorage {
     }
 
     async fn blob_read(&self, digest: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
-        use tokio::io::AsyncReadExt;
-        let path = self.blob_path(digest);
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(io_error("open", &path))?;
-        if start > 0 {
+        let open_path = self.blob_path(digest);
+        let file = blocking(move || {
+            let mut file = File::open(&open_path).map_err(io_error("open", &open_path))?;
             file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(io_error("seek", &path))?;
-        }
-        let reader = file.take(len);
-        Ok(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK).boxed())
+                .map_err(io_error("seek", &open_path))?;
+            Ok(file)
+        })
+        .await?;
+        // Each step reads one chunk straight into a fresh buffer on the blocking pool; no
+        // thread is held between chunks, so slow clients cost no threads.
+        let state = Some((file, len));
+        let stream = futures::stream::unfold(state, |state| async move {
+            let (file, remaining) = state?;
+            if remaining == 0 {
+                return None;
+            }
+            let want = remaining.min(READ_CHUNK as u64);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buffer = Vec::with_capacity(want as usize);
+                let result = (&file).take(want).read_to_end(&mut buffer);
+                (file, buffer, result)
+            })
+            .await;
+            match read {
+                Ok((file, buffer, Ok(n))) if n > 0 => {
+                    Some((Ok(Bytes::from(buffer)), Some((file, remaining - n as u64))))
+                }
+                Ok((_, _, Ok(_))) => Some((
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "blob is shorter than its recorded size",
+                    )),
+                    None,
+                )),
+                Ok((_, _, Err(e))) => Some((Err(e), None)),
+                Err(e) => Some((Err(io::Error::other(e)), None)),
+            }
+        });
+        Ok(stream.boxed())
     }
 
     async fn blob_put(&self, digest: &Digest, bytes: Bytes) -> StorageResult<()> {
@@ -490,22 +522,51 @@ impl Storage for FilesystemStorage {
         let mut hasher = session.sha256.clone();
         let mut received: u64 = 0;
         let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
+        // Small network chunks are gathered into WRITE_BATCH-sized writes: far fewer trips to
+        // the blocking pool, and memory stays bounded by one batch.
+        let mut batch = BytesMut::with_capacity(WRITE_BATCH);
+        loop {
+            let chunk = match body.next().await {
+                None => None,
+                Some(Ok(chunk)) => Some(chunk),
+                Some(Err(e)) => {
                     failure = Some(StorageError::BodyRead(e.to_string()));
                     break;
                 }
             };
-            if let Err(e) = file.write_all(&chunk).await {
-                failure = Some(io_error("write", &data_path)(e));
+            if let Some(chunk) = &chunk {
+                if let Some(expected) = expected_len
+                    && received + chunk.len() as u64 > expected
+                {
+                    // More than the client announced: stop before writing it to disk.
+                    failure = Some(StorageError::SizeMismatch {
+                        expected,
+                        actual: received + chunk.len() as u64,
+                    });
+                    break;
+                }
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(chunk);
+                }
+                received += chunk.len() as u64;
+                batch.extend_from_slice(chunk);
+            }
+            let last = chunk.is_none();
+            if (last && !batch.is_empty()) || batch.len() >= WRITE_BATCH {
+                if let Err(e) = file.write_all(&batch).await {
+                    failure = Some(io_error("write", &data_path)(e));
+                    break;
+                }
+                batch.clear();
+            }
+            if last {
                 break;
             }
-            if let Some(hasher) = hasher.as_mut() {
-                hasher.update(&chunk);
-            }
-            received += chunk.len() as u64;
+        }
+        if failure.is_none()
+            && let Err(e) = file.flush().await
+        {
+            failure = Some(io_error("write", &data_path)(e));
         }
         if failure.is_none()
             && let Some(expected) = expected_len
@@ -557,7 +618,7 @@ impl Storage for FilesystemStorage {
             });
         }
         let target = self.blob_path(digest);
-        blocking(move || install_blob(&data_path, &target)).await?;
+        blocking(move || install_blob(&data_path, &target, size)).await?;
         self.link_blob(repo, digest).await?;
         self.end_session(&mut session, id).await?;
         Ok(size)
@@ -790,6 +851,30 @@ mod tests {
             Err(StorageError::UploadUnknown(_))
         ));
         assert_eq!(storage.upload_count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn leftover_bytes_past_the_offset_never_reach_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FilesystemStorage::open(dir.path()).unwrap();
+        let repo = RepositoryName::parse("a").unwrap();
+        let id = storage.upload_start(&repo).await.unwrap();
+        storage
+            .upload_append(&repo, &id, Some(0), None, stream_of(&[b"abc"]))
+            .await
+            .unwrap();
+        // Bytes written but never acknowledged (e.g. a failed state update).
+        let data = dir.path().join("uploads").join(id.as_str()).join("data");
+        OpenOptions::new()
+            .append(true)
+            .open(&data)
+            .unwrap()
+            .write_all(b"leftover")
+            .unwrap();
+        let digest = Digest::sha256_of(b"abc");
+        assert_eq!(storage.upload_finish(&repo, &id, &digest).await.unwrap(), 3);
+        let blob = fs::read(storage.blob_path(&digest)).unwrap();
+        assert_eq!(blob, b"abc");
     }
 
     #[tokio::test]
