@@ -17,9 +17,10 @@ mod sources;
 
 use std::path::PathBuf;
 
+pub use crate::image::manifest::media_types;
+pub use crate::image::{Platform, PlatformError};
 pub use auth::{Credentials, docker_config_dir, login, logout};
 pub use error::{ClientError, RegistryError};
-pub use manifest::{Platform, PlatformError, media_types};
 pub use progress::{NoProgress, PullProgress, PushProgress};
 pub use pull::{PullOptions, PulledImage, pull};
 pub use push::{ManifestFormat, PushOptions, PushReport, push};

@@ -10,11 +10,14 @@ use futures::StreamExt as _;
 
 use super::ConnectionOptions;
 use super::error::{ClientError, RegistryError};
-use super::manifest::{Descriptor, ManifestJson, convert_image_manifest, media_types};
+use super::manifest::{
+    convert_image_manifest, image_blobs, parse, parse_image_manifest, parse_index,
+};
 use super::progress::PushProgress;
 use super::registry_client::{MountOutcome, RegistryClient, UploadTuning};
 use super::sources::BlobSources;
 use crate::digest::Digest;
+use crate::image::manifest::{Descriptor, media_types};
 use crate::reference::Reference;
 use crate::store::Store;
 
@@ -214,14 +217,8 @@ async fn push_inner(
 /// The `mediaType` recorded inside a stored manifest.
 fn media_type_of_stored(store: &Store, digest: &Digest) -> Result<String, RegistryError> {
     let bytes = store.read_blob(digest)?;
-    let manifest = ManifestJson::parse(&bytes, &format!("manifest {digest}"))?;
-    Ok(manifest.media_type.unwrap_or_else(|| {
-        if manifest.manifests.is_empty() {
-            media_types::OCI_MANIFEST.to_string()
-        } else {
-            media_types::OCI_INDEX.to_string()
-        }
-    }))
+    let parsed = parse(&bytes, None, &format!("manifest {digest}"))?;
+    Ok(parsed.media_type().to_string())
 }
 
 impl Pusher<'_> {
@@ -237,7 +234,7 @@ impl Pusher<'_> {
         let what = format!("manifest {digest}");
         let to_docker = self.opts.format == ManifestFormat::Docker;
         let (bytes, media_type) = if media_types::is_index(media_type) {
-            let index = ManifestJson::parse(&bytes, &what)?;
+            let index = parse_index(&bytes, media_type, &what)?;
             let mut replaced: HashMap<Digest, Descriptor> = HashMap::new();
             for child in &index.manifests {
                 if !self.store.has_blob(&child.digest) {
@@ -257,8 +254,8 @@ impl Pusher<'_> {
             }
             convert_index(&bytes, media_type, to_docker, &replaced, &what)?
         } else if media_types::is_image_manifest(media_type) {
-            let manifest = ManifestJson::parse(&bytes, &what)?;
-            let blobs = manifest.image_blobs(&what)?;
+            let manifest = parse_image_manifest(&bytes, media_type, &what)?;
+            let blobs = image_blobs(&manifest);
             self.push_blobs(&blobs).await?;
             let is_docker = media_type == media_types::DOCKER_MANIFEST;
             if is_docker == to_docker {
@@ -283,12 +280,11 @@ impl Pusher<'_> {
             .put_manifest(&self.dest.repository, &target, &media_type, &bytes)
             .await?;
         self.progress.manifest_pushed(&converted_digest, &target);
-        Ok(Descriptor {
+        Ok(Descriptor::new(
             media_type,
-            digest: converted_digest,
-            size: bytes.len() as u64,
-            platform: None,
-        })
+            converted_digest,
+            bytes.len() as u64,
+        ))
     }
 
     /// Makes every blob present in the destination repository, several at a time.
@@ -478,12 +474,7 @@ mod tests {
                            "platform": {"os": "linux", "architecture": "amd64"}}],
         });
         let bytes = index.to_string().into_bytes();
-        let new = Descriptor {
-            media_type: media_types::DOCKER_MANIFEST.to_string(),
-            digest: Digest::sha256_of(b"new"),
-            size: 9,
-            platform: None,
-        };
+        let new = Descriptor::new(media_types::DOCKER_MANIFEST, Digest::sha256_of(b"new"), 9);
         let replaced = HashMap::from([(old.clone(), new.clone())]);
         let (out, mt) =
             convert_index(&bytes, media_types::OCI_INDEX, true, &replaced, "i").unwrap();

@@ -2,17 +2,20 @@
 //!
 //! - `config.rs`: the image config JSON (`ImageConfig`, `ContainerConfig`, `History`...).
 //! - `manifest.rs`: manifests, indexes, descriptors, media types (OCI and Docker schema2).
+//! - `platform.rs`: the platform type (`linux/amd64`...): parsing, host, matching.
 //! - `export.rs`: `docker load`-able archives and OCI layout archives, streamed.
 //! - here: storing an image (config + manifest blobs) and loading one back from the store.
 pub mod config;
 pub mod export;
 pub mod manifest;
+pub mod platform;
 
 pub use config::{
     ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs, rfc3339,
 };
 pub use export::{write_docker_archive, write_oci_archive};
-pub use manifest::{Descriptor, Index, Manifest, ManifestError, ManifestOrIndex, Platform};
+pub use manifest::{Descriptor, Index, Manifest, ManifestError, ManifestOrIndex, media_types};
+pub use platform::{Platform, PlatformError};
 
 use crate::digest::Digest;
 use crate::store::{Store, StoreError};
@@ -58,17 +61,8 @@ pub struct LoadedImage {
 }
 
 /// The OCI architecture name of the host (`amd64`, `arm64`, ...).
-pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
+pub fn host_architecture() -> String {
+    Platform::host().architecture
 }
 
 /// The chain ids of a layer stack (bottom first): `chain[0] = diff_ids[0]`,
@@ -186,7 +180,7 @@ mod tests {
         };
         let layer = write_layer(store, vec![entry], &opts).unwrap();
         let config = ImageConfig {
-            architecture: host_architecture().into(),
+            architecture: host_architecture(),
             os: "linux".into(),
             created: Some(rfc3339(0)),
             rootfs: RootFs {
