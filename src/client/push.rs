@@ -13,7 +13,7 @@ use super::error::{ClientError, RegistryError};
 use super::manifest::{
     convert_image_manifest, image_blobs, parse, parse_image_manifest, parse_index,
 };
-use super::progress::PushProgress;
+use super::progress::{PushProgress, human_bytes};
 use super::registry_client::{MountOutcome, RegistryClient, UploadTuning};
 use super::sources::BlobSources;
 use crate::digest::Digest;
@@ -83,7 +83,7 @@ struct Tally {
 }
 
 impl fmt::Display for PushReport {
-    /// `pushed 2 of 6 layers (45.1 MB), 3 already present, 1 mounted from base/debian`.
+    /// `pushed 2 of 6 layers (45.1MB), 3 already present, 1 mounted from base/debian`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -106,22 +106,6 @@ impl fmt::Display for PushReport {
             write!(f, ", {count} mounted from {from}")?;
         }
         Ok(())
-    }
-}
-
-/// `45.1 MB` (decimal units, as Docker prints sizes).
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -447,7 +431,7 @@ mod tests {
         };
         assert_eq!(
             report.to_string(),
-            "pushed 2 of 6 layers (45.1 MB), 3 already present, 1 mounted from base/debian"
+            "pushed 2 of 6 layers (45.1MB), 3 already present, 1 mounted from base/debian"
         );
         let nothing_new = PushReport {
             layers_total: 1,
@@ -460,7 +444,7 @@ mod tests {
         };
         assert_eq!(
             nothing_new.to_string(),
-            "pushed 0 of 1 layers (0 B), 1 already present"
+            "pushed 0 of 1 layers (0B), 1 already present"
         );
     }
 
