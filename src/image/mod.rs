@@ -65,17 +65,21 @@ pub fn host_architecture() -> String {
     Platform::host().architecture
 }
 
-/// The chain ids of a layer stack (bottom first): `chain[0] = diff_ids[0]`,
-/// `chain[n] = sha256("<chain[n-1]> <diff_ids[n]>")`, as the OCI image spec defines them.
-/// They name unpacked snapshots: equal chain ids mean equal root file systems.
+/// The OCI chain id of a layer with diff id `diff_id` on top of the chain `parent`:
+/// `ChainID(L0) = DiffID(L0)`, `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`.
+/// Chain ids name unpacked snapshots: equal chain ids mean equal root file systems.
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
+    }
+}
+
+/// The chain ids of a whole layer stack (bottom first), one per layer.
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     let mut chain: Vec<Digest> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
-        };
-        chain.push(next);
+        chain.push(chain_id(chain.last(), diff_id));
     }
     chain
 }
