@@ -7,6 +7,7 @@ pub mod client;
 pub mod context;
 pub mod digest;
 pub mod dockerfile;
+pub mod fsutil;
 pub mod image;
 pub mod layer;
 pub mod reference;

@@ -163,7 +163,7 @@ async fn push_uploads_new_blobs_then_nothing_then_mounts_into_another_repo() {
     assert_eq!(again.bytes_pushed, 0);
     assert_eq!(
         again.to_string(),
-        "pushed 0 of 2 layers (0 B), 2 already present"
+        "pushed 0 of 2 layers (0B), 2 already present"
     );
 
     let second = Reference::parse(&format!("{registry}/{}:1", repository("b"))).unwrap();
@@ -182,7 +182,7 @@ async fn push_uploads_new_blobs_then_nothing_then_mounts_into_another_repo() {
     assert_eq!(
         mounted.to_string(),
         format!(
-            "pushed 0 of 2 layers (0 B), 2 mounted from {}",
+            "pushed 0 of 2 layers (0B), 2 mounted from {}",
             first.repository
         )
     );

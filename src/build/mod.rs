@@ -192,7 +192,7 @@ pub fn build(
 ) -> Result<BuildOutcome, BuildError> {
     let host = Platform::host();
     if let Some(requested) = &opts.platform {
-        let supported = Platform::parse(requested).is_some_and(|p| host.matches(&p));
+        let supported = Platform::parse(requested).is_ok_and(|p| p.matches(&host));
         if !supported {
             return Err(BuildError::UnsupportedPlatform {
                 requested: requested.clone(),

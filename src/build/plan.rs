@@ -39,7 +39,7 @@ impl Plan {
         platform: &Platform,
     ) -> Result<Plan, BuildError> {
         let lexer = Lexer::new(dockerfile.escape);
-        let mut global_args = platform.predefined_args();
+        let mut global_args = super::platform::predefined_args(platform);
         for arg in &dockerfile.global_args {
             let value =
                 match (opts.build_args.get(&arg.name), &arg.default) {
@@ -84,7 +84,7 @@ impl Plan {
                 let expanded = lexer
                     .process_word(requested, &lookup)
                     .map_err(|e| BuildError::step(&stage.location, &from_text, e))?;
-                if !Platform::parse(&expanded).is_some_and(|p| platform.matches(&p)) {
+                if !Platform::parse(&expanded).is_ok_and(|p| p.matches(platform)) {
                     return Err(BuildError::UnsupportedPlatform {
                         requested: expanded,
                         host: platform.to_string(),

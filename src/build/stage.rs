@@ -121,7 +121,7 @@ impl<'a> Executor<'a> {
             .iter()
             .map(|a| a.name.clone())
             .collect();
-        used_build_args.extend(platform.predefined_args().into_keys());
+        used_build_args.extend(super::platform::predefined_args(platform).into_keys());
         Ok(Executor {
             store,
             opts,
@@ -265,7 +265,7 @@ impl<'a> Executor<'a> {
                 let note = format!("pulling {}", reference.familiar());
                 self.progress.event(BuildEvent::Note(&note));
                 let options = crate::client::PullOptions {
-                    platform: crate::client::Platform::parse(&self.platform.to_string()).ok(),
+                    platform: Some(self.platform.clone()),
                     ..Default::default()
                 };
                 let store = self.store;

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use crate::digest::Digest;
+use crate::fsutil::AtomicFile;
 use crate::image;
 use crate::reference::Reference;
 use crate::store::Store;
@@ -27,13 +28,9 @@ pub fn export(
     format: ArchiveFormat,
     dest: &Path,
 ) -> anyhow::Result<()> {
-    let dir = match dest.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let temp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    let writer = std::io::BufWriter::new(temp.reopen()?);
+    let file = AtomicFile::create(dest)
+        .with_context(|| format!("cannot create a file next to {}", dest.display()))?;
+    let writer = std::io::BufWriter::new(file);
     let writer = match format {
         ArchiveFormat::Docker => {
             let names: Vec<String> = tags.iter().map(Reference::familiar).collect();
@@ -45,8 +42,6 @@ pub fn export(
         }
     };
     let file = writer.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    temp.persist(dest)
-        .with_context(|| format!("cannot write {}", dest.display()))?;
-    Ok(())
+    file.commit()
+        .with_context(|| format!("cannot write {}", dest.display()))
 }

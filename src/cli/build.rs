@@ -275,14 +275,5 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
 
 /// Writes a small output file atomically (temp file next to it, fsync, rename).
 pub(crate) fn write_file_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::fsutil::write_file_atomic(path, bytes, None)
 }

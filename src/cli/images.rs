@@ -114,7 +114,7 @@ pub fn list(store: &Store) -> anyhow::Result<()> {
             repository,
             tag,
             entry.manifest_digest.short(),
-            super::transfer::human(size)
+            crate::client::human_bytes(size)
         );
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::client::{PullProgress, PushProgress};
+use crate::client::{PullProgress, PushProgress, human_bytes};
 use crate::digest::Digest;
 
 /// How progress is shown.
@@ -63,7 +63,7 @@ impl TransferProgress {
                 bar.set_message(verb.to_string());
                 self.bars_lock().insert(digest.clone(), bar);
             }
-            Mode::Lines => eprintln!("{}: {verb} {}", digest.short(), human(size)),
+            Mode::Lines => eprintln!("{}: {verb} {}", digest.short(), human_bytes(size)),
             Mode::Quiet => {}
         }
     }
@@ -121,37 +121,5 @@ impl PushProgress for TransferProgress {
     }
     fn manifest_pushed(&self, digest: &Digest, tag_or_digest: &str) {
         self.line(digest, &format!("manifest pushed as {tag_or_digest}"));
-    }
-}
-
-/// Sizes like Docker prints them: `45.1MB`.
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + UNITS[unit]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_like_docker() {
-        assert_eq!(human(999), "999B");
-        assert_eq!(human(4_200_000), "4.2MB");
-        assert_eq!(human(1_000), "1kB");
     }
 }

@@ -559,25 +559,12 @@ fn update_config(
     write_atomically(&path, &bytes, 0o600)
 }
 
-/// Writes `bytes` to `path` via a temp file in the same directory, fsync and rename.
+/// Replaces `path` with `bytes` atomically, with permission bits `mode`.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RegistryError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io_error = |source| RegistryError::Io {
+    crate::fsutil::write_file_atomic(path, bytes, Some(mode)).map_err(|source| RegistryError::Io {
         what: format!("write {}", path.display()),
         source,
-    };
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io_error)?;
-    temp.write_all(bytes).map_err(io_error)?;
-    temp.as_file().sync_all().map_err(io_error)?;
-    temp.persist(path).map_err(|e| io_error(e.error))?;
-    if let Ok(dir_file) = std::fs::File::open(dir) {
-        let _ = dir_file.sync_all();
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

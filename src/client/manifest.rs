@@ -1,213 +1,76 @@
-//! Manifest JSON as the client needs it: media types, the descriptors a manifest or index names,
-//! platform matching for multi-arch indexes, and OCI <-> Docker schema2 media-type rewriting.
-
-use std::fmt;
-
-use serde::Deserialize;
+//! Manifests as the client reads them: parsing fetched or stored bytes into the image module's
+//! types (with errors naming the manifest), platform selection from an index, and OCI <->
+//! Docker schema2 media-type rewriting. Manifests travel as their raw bytes; parsing is only
+//! for reading what they reference.
 
 use super::error::RegistryError;
-use crate::digest::Digest;
+use crate::image::Platform;
+use crate::image::manifest::{Descriptor, Index, Manifest, ManifestOrIndex, media_types};
 
-/// Media types of manifests, configs and layers (OCI and Docker schema2).
-pub mod media_types {
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    pub const DOCKER_MANIFEST_LIST: &str =
-        "application/vnd.docker.distribution.manifest.list.v2+json";
-    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-    /// The Accept header for manifest GETs: every manifest and index type we understand.
-    pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-        application/vnd.oci.image.manifest.v1+json, \
-        application/vnd.docker.distribution.manifest.list.v2+json, \
-        application/vnd.docker.distribution.manifest.v2+json";
-
-    pub fn is_index(media_type: &str) -> bool {
-        media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
-    }
-
-    pub fn is_image_manifest(media_type: &str) -> bool {
-        media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
-    }
-}
-
-/// A content descriptor inside a manifest or index.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default)]
-    pub platform: Option<PlatformJson>,
-}
-
-/// The `platform` object of an index entry.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PlatformJson {
-    pub os: String,
-    pub architecture: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-/// The fields of an image manifest or index the client reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ManifestJson {
-    #[serde(default)]
-    pub media_type: Option<String>,
-    #[serde(default)]
-    pub config: Option<Descriptor>,
-    #[serde(default)]
-    pub layers: Vec<Descriptor>,
-    #[serde(default)]
-    pub manifests: Vec<Descriptor>,
-}
-
-impl ManifestJson {
-    /// Parses manifest bytes; `what` names the manifest in errors.
-    pub fn parse(bytes: &[u8], what: &str) -> Result<ManifestJson, RegistryError> {
-        serde_json::from_slice(bytes).map_err(|e| RegistryError::BadManifest {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Config then layers, for an image manifest (an error for an index).
-    pub fn image_blobs(&self, what: &str) -> Result<Vec<Descriptor>, RegistryError> {
-        let config = self
-            .config
-            .clone()
-            .ok_or_else(|| RegistryError::BadManifest {
-                what: what.to_string(),
-                reason: "it has no config descriptor".to_string(),
-            })?;
-        let mut blobs = vec![config];
-        blobs.extend(self.layers.iter().cloned());
-        Ok(blobs)
-    }
-}
-
-/// Why a platform string is invalid.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")]
-pub struct PlatformError(pub String);
-
-/// A target platform such as `linux/amd64` or `linux/arm/v7`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Parses `os/arch[/variant]` (TARGETPLATFORM style).
-    pub fn parse(text: &str) -> Result<Platform, PlatformError> {
-        let parts: Vec<&str> = text.split('/').collect();
-        let valid_part = |p: &str| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        };
-        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid_part(p)) {
-            return Err(PlatformError(text.to_string()));
-        }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        }
-        .normalized())
-    }
-
-    /// The platform this program runs on, in OCI terms (`x86_64` -> `amd64`, ...).
-    pub fn host() -> Platform {
-        let (architecture, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "aarch64" => ("arm64", None),
-            "arm" => ("arm", Some("v7")),
-            "x86" => ("386", None),
-            "powerpc64" => ("ppc64le", None),
-            "s390x" => ("s390x", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
-        };
-        Platform {
-            os: "linux".to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.map(str::to_string),
+/// Parses index bytes (`media_type` as served or stored); `what` names the index in errors.
+pub fn parse_index(bytes: &[u8], media_type: &str, what: &str) -> Result<Index, RegistryError> {
+    match parse(bytes, Some(media_type), what)? {
+        ManifestOrIndex::Index(index) => Ok(index),
+        ManifestOrIndex::Manifest(_) => {
+            Err(bad_manifest(what, "it is an image manifest, not an index"))
         }
     }
+}
 
-    /// Applies the containerd defaults: `arm64` implies `v8`, `arm` implies `v7`.
-    fn normalized(mut self) -> Platform {
-        if self.architecture == "arm64" && self.variant.as_deref() == Some("v8") {
-            self.variant = None;
+/// Parses image manifest bytes; `what` names the manifest in errors.
+pub fn parse_image_manifest(
+    bytes: &[u8],
+    media_type: &str,
+    what: &str,
+) -> Result<Manifest, RegistryError> {
+    match parse(bytes, Some(media_type), what)? {
+        ManifestOrIndex::Manifest(manifest) => Ok(manifest),
+        ManifestOrIndex::Index(_) => {
+            Err(bad_manifest(what, "it is an index, not an image manifest"))
         }
-        if self.architecture == "arm" && self.variant.is_none() {
-            self.variant = Some("v7".to_string());
-        }
-        self
-    }
-
-    fn matches(&self, entry: &PlatformJson) -> bool {
-        let entry = Platform {
-            os: entry.os.clone(),
-            architecture: entry.architecture.clone(),
-            variant: entry.variant.clone().filter(|v| !v.is_empty()),
-        }
-        .normalized();
-        entry.os == self.os
-            && entry.architecture == self.architecture
-            && (self.variant.is_none() || entry.variant == self.variant)
     }
 }
 
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(variant) = &self.variant {
-            write!(f, "/{variant}")?;
-        }
-        Ok(())
+/// Parses manifest or index bytes; the kind comes from `media_type` when it names one, else
+/// from the JSON's own `mediaType` or shape.
+pub fn parse(
+    bytes: &[u8],
+    media_type: Option<&str>,
+    what: &str,
+) -> Result<ManifestOrIndex, RegistryError> {
+    ManifestOrIndex::parse(bytes, media_type).map_err(|e| bad_manifest(what, &e.to_string()))
+}
+
+fn bad_manifest(what: &str, reason: &str) -> RegistryError {
+    RegistryError::BadManifest {
+        what: what.to_string(),
+        reason: reason.to_string(),
     }
 }
 
-/// Picks the index entry for `wanted`: an exact variant match wins over a variant-less one.
+/// Config then layers: every blob an image manifest references.
+pub fn image_blobs(manifest: &Manifest) -> Vec<Descriptor> {
+    std::iter::once(&manifest.config)
+        .chain(&manifest.layers)
+        .cloned()
+        .collect()
+}
+
+/// Picks the index entry for `wanted` (see [`Index::select`]); the error lists what the index
+/// offers.
 pub fn select_platform<'a>(
-    index: &'a ManifestJson,
+    index: &'a Index,
     wanted: &Platform,
     what: &str,
 ) -> Result<&'a Descriptor, RegistryError> {
-    let candidates: Vec<&Descriptor> = index
-        .manifests
-        .iter()
-        .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
-        .collect();
-    if let Some(best) = candidates
-        .iter()
-        .find(|d| d.platform.as_ref().and_then(|p| p.variant.as_ref()) == wanted.variant.as_ref())
-        .or(candidates.first())
-    {
-        return Ok(best);
+    if let Some(chosen) = index.select(wanted) {
+        return Ok(chosen);
     }
     let available: Vec<String> = index
         .manifests
         .iter()
         .filter_map(|d| d.platform.as_ref())
-        .map(|p| match &p.variant {
-            Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-            None => format!("{}/{}", p.os, p.architecture),
-        })
+        .map(Platform::to_string)
         .collect();
     Err(RegistryError::PlatformNotFound {
         what: what.to_string(),
@@ -295,7 +158,7 @@ fn convert_layer_type(current: &str, to_docker: bool) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn index_json(entries: &[(&str, &str, Option<&str>, char)]) -> ManifestJson {
+    fn index_json(entries: &[(&str, &str, Option<&str>, char)]) -> Index {
         let manifests: Vec<serde_json::Value> = entries
             .iter()
             .map(|(os, arch, variant, fill)| {
@@ -312,25 +175,34 @@ mod tests {
             })
             .collect();
         let json = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
-        ManifestJson::parse(json.to_string().as_bytes(), "test").unwrap()
+        parse_index(json.to_string().as_bytes(), media_types::OCI_INDEX, "test").unwrap()
     }
 
     #[test]
-    fn platform_parse_accepts_os_arch_variant_and_rejects_garbage() {
-        let p = Platform::parse("linux/arm/v6").unwrap();
-        assert_eq!(p.variant.as_deref(), Some("v6"));
-        assert_eq!(
-            Platform::parse("linux/arm64/v8").unwrap().to_string(),
-            "linux/arm64"
+    fn parse_helpers_check_the_kind_and_name_the_manifest() {
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        let err = parse_image_manifest(index, "", "manifest X")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("manifest X") && err.contains("an index"),
+            "{err}"
         );
-        assert_eq!(
-            Platform::parse("linux/arm").unwrap().to_string(),
-            "linux/arm/v7"
+        let err = parse_index(b"{", media_types::OCI_INDEX, "index Y")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("index Y"), "{err}");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{}","digest":"sha256:{}","size":2}},"layers":[{{"mediaType":"{}","digest":"sha256:{}","size":3}}]}}"#,
+            media_types::OCI_CONFIG,
+            "a".repeat(64),
+            media_types::OCI_LAYER_GZIP,
+            "b".repeat(64)
         );
-        assert!(Platform::parse("linux").is_err());
-        assert!(Platform::parse("linux/amd64/v1/x").is_err());
-        assert!(Platform::parse("Linux/AMD64").is_err());
-        assert_eq!(Platform::host().to_string(), "linux/amd64");
+        let parsed =
+            parse_image_manifest(manifest.as_bytes(), media_types::OCI_MANIFEST, "m").unwrap();
+        let sizes: Vec<u64> = image_blobs(&parsed).iter().map(|d| d.size).collect();
+        assert_eq!(sizes, vec![2, 3], "config first, then layers");
     }
 
     #[test]

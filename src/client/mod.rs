@@ -17,10 +17,11 @@ mod sources;
 
 use std::path::PathBuf;
 
+pub use crate::image::manifest::media_types;
+pub use crate::image::{Platform, PlatformError};
 pub use auth::{Credentials, docker_config_dir, login, logout};
 pub use error::{ClientError, RegistryError};
-pub use manifest::{Platform, PlatformError, media_types};
-pub use progress::{NoProgress, PullProgress, PushProgress};
+pub use progress::{NoProgress, PullProgress, PushProgress, human_bytes};
 pub use pull::{PullOptions, PulledImage, pull};
 pub use push::{ManifestFormat, PushOptions, PushReport, push};
 pub use registry_client::{FetchedManifest, MountOutcome, RegistryClient, UploadTuning};

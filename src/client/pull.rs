@@ -6,11 +6,13 @@ use futures::StreamExt as _;
 
 use super::ConnectionOptions;
 use super::error::{ClientError, RegistryError};
-use super::manifest::{Descriptor, ManifestJson, Platform, media_types, select_platform};
+use super::manifest::{image_blobs, parse_image_manifest, parse_index, select_platform};
 use super::progress::PullProgress;
 use super::registry_client::RegistryClient;
 use super::sources::BlobSources;
 use crate::digest::Digest;
+use crate::image::Platform;
+use crate::image::manifest::{Descriptor, media_types};
 use crate::reference::Reference;
 use crate::store::{RefEntry, Store};
 
@@ -74,7 +76,7 @@ async fn pull_inner(
         .await?;
     if media_types::is_index(&fetched.media_type) {
         let what = format!("index {reference}");
-        let index = ManifestJson::parse(&fetched.bytes, &what)?;
+        let index = parse_index(&fetched.bytes, &fetched.media_type, &what)?;
         let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
         let chosen = select_platform(&index, &wanted, &what)?;
         fetched = client
@@ -91,8 +93,8 @@ async fn pull_inner(
         }
     }
     let what = format!("manifest {}", fetched.digest);
-    let manifest = ManifestJson::parse(&fetched.bytes, &what)?;
-    let blobs = manifest.image_blobs(&what)?;
+    let manifest = parse_image_manifest(&fetched.bytes, &fetched.media_type, &what)?;
+    let blobs = image_blobs(&manifest);
     progress.resolved(&fetched.digest, blobs.len());
 
     let mut missing = Vec::new();

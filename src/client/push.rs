@@ -10,11 +10,14 @@ use futures::StreamExt as _;
 
 use super::ConnectionOptions;
 use super::error::{ClientError, RegistryError};
-use super::manifest::{Descriptor, ManifestJson, convert_image_manifest, media_types};
-use super::progress::PushProgress;
+use super::manifest::{
+    convert_image_manifest, image_blobs, parse, parse_image_manifest, parse_index,
+};
+use super::progress::{PushProgress, human_bytes};
 use super::registry_client::{MountOutcome, RegistryClient, UploadTuning};
 use super::sources::BlobSources;
 use crate::digest::Digest;
+use crate::image::manifest::{Descriptor, media_types};
 use crate::reference::Reference;
 use crate::store::Store;
 
@@ -80,7 +83,7 @@ struct Tally {
 }
 
 impl fmt::Display for PushReport {
-    /// `pushed 2 of 6 layers (45.1 MB), 3 already present, 1 mounted from base/debian`.
+    /// `pushed 2 of 6 layers (45.1MB), 3 already present, 1 mounted from base/debian`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -103,22 +106,6 @@ impl fmt::Display for PushReport {
             write!(f, ", {count} mounted from {from}")?;
         }
         Ok(())
-    }
-}
-
-/// `45.1 MB` (decimal units, as Docker prints sizes).
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -214,14 +201,8 @@ async fn push_inner(
 /// The `mediaType` recorded inside a stored manifest.
 fn media_type_of_stored(store: &Store, digest: &Digest) -> Result<String, RegistryError> {
     let bytes = store.read_blob(digest)?;
-    let manifest = ManifestJson::parse(&bytes, &format!("manifest {digest}"))?;
-    Ok(manifest.media_type.unwrap_or_else(|| {
-        if manifest.manifests.is_empty() {
-            media_types::OCI_MANIFEST.to_string()
-        } else {
-            media_types::OCI_INDEX.to_string()
-        }
-    }))
+    let parsed = parse(&bytes, None, &format!("manifest {digest}"))?;
+    Ok(parsed.media_type().to_string())
 }
 
 impl Pusher<'_> {
@@ -237,7 +218,7 @@ impl Pusher<'_> {
         let what = format!("manifest {digest}");
         let to_docker = self.opts.format == ManifestFormat::Docker;
         let (bytes, media_type) = if media_types::is_index(media_type) {
-            let index = ManifestJson::parse(&bytes, &what)?;
+            let index = parse_index(&bytes, media_type, &what)?;
             let mut replaced: HashMap<Digest, Descriptor> = HashMap::new();
             for child in &index.manifests {
                 if !self.store.has_blob(&child.digest) {
@@ -257,8 +238,8 @@ impl Pusher<'_> {
             }
             convert_index(&bytes, media_type, to_docker, &replaced, &what)?
         } else if media_types::is_image_manifest(media_type) {
-            let manifest = ManifestJson::parse(&bytes, &what)?;
-            let blobs = manifest.image_blobs(&what)?;
+            let manifest = parse_image_manifest(&bytes, media_type, &what)?;
+            let blobs = image_blobs(&manifest);
             self.push_blobs(&blobs).await?;
             let is_docker = media_type == media_types::DOCKER_MANIFEST;
             if is_docker == to_docker {
@@ -283,12 +264,11 @@ impl Pusher<'_> {
             .put_manifest(&self.dest.repository, &target, &media_type, &bytes)
             .await?;
         self.progress.manifest_pushed(&converted_digest, &target);
-        Ok(Descriptor {
+        Ok(Descriptor::new(
             media_type,
-            digest: converted_digest,
-            size: bytes.len() as u64,
-            platform: None,
-        })
+            converted_digest,
+            bytes.len() as u64,
+        ))
     }
 
     /// Makes every blob present in the destination repository, several at a time.
@@ -451,7 +431,7 @@ mod tests {
         };
         assert_eq!(
             report.to_string(),
-            "pushed 2 of 6 layers (45.1 MB), 3 already present, 1 mounted from base/debian"
+            "pushed 2 of 6 layers (45.1MB), 3 already present, 1 mounted from base/debian"
         );
         let nothing_new = PushReport {
             layers_total: 1,
@@ -464,7 +444,7 @@ mod tests {
         };
         assert_eq!(
             nothing_new.to_string(),
-            "pushed 0 of 1 layers (0 B), 1 already present"
+            "pushed 0 of 1 layers (0B), 1 already present"
         );
     }
 
@@ -478,12 +458,7 @@ mod tests {
                            "platform": {"os": "linux", "architecture": "amd64"}}],
         });
         let bytes = index.to_string().into_bytes();
-        let new = Descriptor {
-            media_type: media_types::DOCKER_MANIFEST.to_string(),
-            digest: Digest::sha256_of(b"new"),
-            size: 9,
-            platform: None,
-        };
+        let new = Descriptor::new(media_types::DOCKER_MANIFEST, Digest::sha256_of(b"new"), 9);
         let replaced = HashMap::from([(old.clone(), new.clone())]);
         let (out, mt) =
             convert_index(&bytes, media_types::OCI_INDEX, true, &replaced, "i").unwrap();

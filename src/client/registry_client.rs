@@ -16,8 +16,8 @@ use tokio::io::AsyncReadExt as _;
 use super::ConnectionOptions;
 use super::auth::{Authenticator, Credentials, docker_config_dir};
 use super::error::RegistryError;
-use super::manifest::media_types;
 use crate::digest::{Digest, Hasher};
+use crate::image::manifest::media_types;
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_API_HOST, host_of, is_loopback_host};
 
 /// Largest manifest accepted (the distribution spec suggests registries cap at 4 MiB).

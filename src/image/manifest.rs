@@ -9,32 +9,44 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::platform::Platform;
 use crate::digest::Digest;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// Media types of manifests, indexes, configs and layers (OCI and Docker schema2).
+pub mod media_types {
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
-/// The platform a manifest of an index is for.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(
-        rename = "os.version",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_version: Option<String>,
-    #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]
-    pub os_features: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    /// The Accept header for manifest GETs: every manifest and index type we understand.
+    pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+        application/vnd.oci.image.manifest.v1+json, \
+        application/vnd.docker.distribution.manifest.list.v2+json, \
+        application/vnd.docker.distribution.manifest.v2+json";
+
+    /// Whether `media_type` is an index type (OCI index or Docker manifest list).
+    pub fn is_index(media_type: &str) -> bool {
+        media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+    }
+
+    /// Whether `media_type` is an image manifest type (OCI or Docker).
+    pub fn is_image_manifest(media_type: &str) -> bool {
+        media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
+    }
 }
+
+pub use media_types::{
+    DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_CONFIG, OCI_INDEX,
+    OCI_MANIFEST,
+};
 
 /// A content descriptor: what a blob is, its digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,16 +159,6 @@ pub enum ManifestOrIndex {
     Index(Index),
 }
 
-/// Whether `media_type` is an image manifest type (OCI or Docker).
-pub fn is_manifest_type(media_type: &str) -> bool {
-    media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
-}
-
-/// Whether `media_type` is an index type (OCI index or Docker manifest list).
-pub fn is_index_type(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
-}
-
 impl ManifestOrIndex {
     /// Parses manifest bytes. The kind comes from `content_type` (e.g. an HTTP Content-Type),
     /// else the JSON's `mediaType`, else its shape (`manifests` => index, otherwise manifest).
@@ -174,11 +176,11 @@ impl ManifestOrIndex {
         }
         let declared = value.get("mediaType").and_then(|v| v.as_str());
         let media_type = content_type
-            .filter(|t| is_manifest_type(t) || is_index_type(t))
+            .filter(|t| media_types::is_image_manifest(t) || media_types::is_index(t))
             .or(declared);
         let is_index = match media_type {
-            Some(t) if is_index_type(t) => true,
-            Some(t) if is_manifest_type(t) => false,
+            Some(t) if media_types::is_index(t) => true,
+            Some(t) if media_types::is_image_manifest(t) => false,
             Some(t) => return Err(ManifestError::UnsupportedMediaType(t.to_string())),
             None => value.get("manifests").is_some(),
         };
@@ -221,20 +223,19 @@ impl Manifest {
 }
 
 impl Index {
-    /// The manifest for `os`/`architecture` (and `variant` when given).
-    pub fn select(
-        &self,
-        os: &str,
-        architecture: &str,
-        variant: Option<&str>,
-    ) -> Option<&Descriptor> {
-        self.manifests.iter().find(|d| {
-            d.platform.as_ref().is_some_and(|p| {
-                p.os == os
-                    && p.architecture == architecture
-                    && (variant.is_none() || p.variant.as_deref() == variant)
+    /// The entry for `wanted` (see [`Platform::matches`]): among matching entries, one with
+    /// exactly the wanted variant wins, else the first.
+    pub fn select(&self, wanted: &Platform) -> Option<&Descriptor> {
+        let matching = || {
+            self.manifests
+                .iter()
+                .filter(|d| d.platform.as_ref().is_some_and(|p| wanted.matches(p)))
+        };
+        matching()
+            .find(|d| {
+                d.platform.as_ref().and_then(|p| p.variant.as_ref()) == wanted.variant.as_ref()
             })
-        })
+            .or_else(|| matching().next())
     }
 
     /// Canonical bytes: compact JSON in field order.
@@ -286,9 +287,11 @@ mod tests {
         else {
             panic!("expected an index");
         };
-        assert_eq!(index.select("linux", "amd64", None).unwrap().size, 2);
-        assert_eq!(index.select("linux", "arm", Some("v7")).unwrap().size, 1);
-        assert!(index.select("linux", "arm", Some("v6")).is_none());
+        let select = |p: &str| index.select(&Platform::parse(p).unwrap()).map(|d| d.size);
+        assert_eq!(select("linux/amd64"), Some(2));
+        assert_eq!(select("linux/arm/v7"), Some(1));
+        assert_eq!(select("linux/arm"), Some(1));
+        assert_eq!(select("linux/arm/v6"), None);
         // Shape decides when no media type is given.
         let bare = r#"{"schemaVersion":2,"manifests":[]}"#;
         assert!(matches!(

@@ -2,17 +2,20 @@
 //!
 //! - `config.rs`: the image config JSON (`ImageConfig`, `ContainerConfig`, `History`...).
 //! - `manifest.rs`: manifests, indexes, descriptors, media types (OCI and Docker schema2).
+//! - `platform.rs`: the platform type (`linux/amd64`...): parsing, host, matching.
 //! - `export.rs`: `docker load`-able archives and OCI layout archives, streamed.
 //! - here: storing an image (config + manifest blobs) and loading one back from the store.
 pub mod config;
 pub mod export;
 pub mod manifest;
+pub mod platform;
 
 pub use config::{
     ContainerConfig, EmptyObject, Healthcheck, History, ImageConfig, RootFs, rfc3339,
 };
 pub use export::{write_docker_archive, write_oci_archive};
-pub use manifest::{Descriptor, Index, Manifest, ManifestError, ManifestOrIndex, Platform};
+pub use manifest::{Descriptor, Index, Manifest, ManifestError, ManifestOrIndex, media_types};
+pub use platform::{Platform, PlatformError};
 
 use crate::digest::Digest;
 use crate::store::{Store, StoreError};
@@ -58,30 +61,25 @@ pub struct LoadedImage {
 }
 
 /// The OCI architecture name of the host (`amd64`, `arm64`, ...).
-pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
+pub fn host_architecture() -> String {
+    Platform::host().architecture
+}
+
+/// The OCI chain id of a layer with diff id `diff_id` on top of the chain `parent`:
+/// `ChainID(L0) = DiffID(L0)`, `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`.
+/// Chain ids name unpacked snapshots: equal chain ids mean equal root file systems.
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
     }
 }
 
-/// The chain ids of a layer stack (bottom first): `chain[0] = diff_ids[0]`,
-/// `chain[n] = sha256("<chain[n-1]> <diff_ids[n]>")`, as the OCI image spec defines them.
-/// They name unpacked snapshots: equal chain ids mean equal root file systems.
+/// The chain ids of a whole layer stack (bottom first), one per layer.
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     let mut chain: Vec<Digest> = Vec::with_capacity(diff_ids.len());
     for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
-        };
-        chain.push(next);
+        chain.push(chain_id(chain.last(), diff_id));
     }
     chain
 }
@@ -186,7 +184,7 @@ mod tests {
         };
         let layer = write_layer(store, vec![entry], &opts).unwrap();
         let config = ImageConfig {
-            architecture: host_architecture().into(),
+            architecture: host_architecture(),
             os: "linux".into(),
             created: Some(rfc3339(0)),
             rootfs: RootFs {

@@ -21,16 +21,17 @@ pub use entry::{Entry, EntryKind, FileSource};
 pub use unpack::{UnpackMode, UnpackStats, unpack};
 pub use write::{LayerInfo, LayerOptions, write_layer, write_layer_with_threads};
 
+use crate::image::media_types;
 use crate::store::StoreError;
 
 /// Media type of a gzip-compressed OCI layer.
-pub const MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_TAR_GZIP: &str = media_types::OCI_LAYER_GZIP;
 /// Media type of a zstd-compressed OCI layer.
-pub const MEDIA_TYPE_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MEDIA_TYPE_TAR_ZSTD: &str = media_types::OCI_LAYER_ZSTD;
 /// Media type of an uncompressed OCI layer.
-pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub const MEDIA_TYPE_TAR: &str = media_types::OCI_LAYER_TAR;
 /// Docker schema2's gzip layer media type (accepted when reading).
-pub const DOCKER_MEDIA_TYPE_TAR_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_MEDIA_TYPE_TAR_GZIP: &str = media_types::DOCKER_LAYER_GZIP;
 
 /// How a layer's tar stream is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

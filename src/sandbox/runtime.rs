@@ -2,7 +2,6 @@
 //! trivial container, and remember the one that worked in `runtime.json` of the state dir.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -154,17 +153,8 @@ fn probe(runtime: &Runtime, state_dir: &Path) -> Result<(), String> {
 
 /// Writes `runtime` to `file` atomically.
 fn remember(runtime: &Runtime, file: &Path) -> Result<(), SandboxError> {
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| SandboxError::io("creating a temp file in", dir, e))?;
     let json =
         serde_json::to_vec_pretty(runtime).map_err(|e| SandboxError::io("encoding", file, e))?;
-    tmp.write_all(&json)
-        .map_err(|e| SandboxError::io("writing", tmp.path().to_path_buf(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| SandboxError::io("syncing", tmp.path().to_path_buf(), e))?;
-    tmp.persist(file)
-        .map_err(|e| SandboxError::io("renaming into", file, e.error))?;
-    Ok(())
+    crate::fsutil::write_file_atomic(file, &json, None)
+        .map_err(|e| SandboxError::io("writing", file, e))
 }

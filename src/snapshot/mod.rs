@@ -12,7 +12,8 @@ mod error;
 mod overlay;
 mod store;
 
+pub use crate::image::chain_id;
 pub use diff::{DEFAULT_MOUNT_POINTS, diff_upper, diff_upper_ignoring};
 pub use error::SnapshotError;
 pub use overlay::{MountKind, OverlayMount, detach_all_mounts};
-pub use store::{ScratchDirs, Snapshots, chain_id};
+pub use store::{ScratchDirs, Snapshots};

@@ -21,15 +21,6 @@ use crate::digest::Digest;
 /// Unpacks older than this in `tmp/` are left over from a crash and removed on open.
 const STALE_UNPACK_AGE: Duration = Duration::from_secs(3600);
 
-/// The OCI chain id of a layer with diff id `diff_id` on top of the chain `parent`:
-/// `ChainID(L0) = DiffID(L0)`, `ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " + DiffID(Ln))`.
-pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
-    match parent {
-        None => diff_id.clone(),
-        Some(parent) => Digest::sha256_of(format!("{parent} {diff_id}").as_bytes()),
-    }
-}
-
 /// The snapshot dirs under one root.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
@@ -60,11 +51,6 @@ impl Snapshots {
             }
         }
         Ok(snapshots)
-    }
-
-    /// The OCI chain id rule, as [`chain_id`].
-    pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
-        chain_id(parent, diff_id)
     }
 
     pub fn root(&self) -> &Path {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
+use crate::fsutil::AtomicFile;
 
 /// The annotation holding an entry's reference name in index.json (our convention: the full
 /// normalized reference, e.g. `docker.io/library/busybox:latest`).
@@ -465,20 +466,13 @@ impl Store {
         self.write_atomic(&path, &bytes)
     }
 
-    /// Writes `bytes` to `path` atomically: temp file in tmp/, fsync, rename, fsync the directory.
+    /// Writes `bytes` to `path` atomically: temp file in tmp/ (swept of leftovers on open),
+    /// fsync, rename, fsync the directory.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp = self.tmp_dir();
-        let mut temp = tempfile::Builder::new()
-            .prefix("write-")
-            .tempfile_in(&tmp)
-            .map_err(io_at(&tmp))?;
-        temp.write_all(bytes).map_err(io_at(temp.path()))?;
-        temp.as_file().sync_all().map_err(io_at(path))?;
-        temp.persist(path).map_err(|e| StoreError::Io {
-            path: path.to_path_buf(),
-            source: e.error,
-        })?;
-        sync_dir(path.parent().unwrap_or(&self.root))
+        let mut file = AtomicFile::create_in(&tmp, path).map_err(io_at(&tmp))?;
+        file.write_all(bytes).map_err(io_at(path))?;
+        file.commit().map_err(io_at(path))
     }
 }
 
