@@ -1,0 +1,1 @@
+//! `imgbuild prune`: removes build cache records, then blobs and snapshots nothing needs.
