@@ -205,13 +205,23 @@ impl BuildCache {
             .filter(|record| &record.key == key)
     }
 
-    /// The record of `key` when its layer blob is still in the store.
+    /// The record of `key` when its layer blob is still in the store. A hit marks the
+    /// record as used now (its mtime), which `prune --keep-storage` goes by.
     pub fn lookup(&self, store: &Store, key: &Digest) -> Option<StepRecord> {
         let record = self.read_record(key)?;
-        match &record.layer {
-            Some(layer) if !store.has_blob(&layer.digest) => None,
-            _ => Some(record),
+        if let Some(layer) = &record.layer
+            && !store.has_blob(&layer.digest)
+        {
+            return None;
         }
+        let touched = File::options()
+            .write(true)
+            .open(self.record_path(key))
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::debug!("cannot mark cache record {key} as used: {e}");
+        }
+        Some(record)
     }
 
     /// Writes a record atomically.
