@@ -189,9 +189,7 @@ impl BuildCache {
     }
 
     fn record_path(&self, key: &Digest) -> PathBuf {
-        self.dir
-            .join("steps")
-            .join(format!("{}.json", key.hex()))
+        self.dir.join("steps").join(format!("{}.json", key.hex()))
     }
 
     fn slot_path(&self, slot: &Digest) -> PathBuf {
@@ -325,10 +323,7 @@ mod tests {
         assert_ne!(a.key(), inputs(&[("cmd", "echo hi"), ("env:A", "2")]).key());
         assert_ne!(a.key(), inputs(&[("cmd", "echo hi")]).key());
         // Length prefixes keep "ab"+"c" apart from "a"+"bc".
-        assert_ne!(
-            inputs(&[("ab", "c")]).key(),
-            inputs(&[("a", "bc")]).key()
-        );
+        assert_ne!(inputs(&[("ab", "c")]).key(), inputs(&[("a", "bc")]).key());
     }
 
     #[test]

@@ -155,12 +155,11 @@ impl ImageNeeds {
                 // Seen already, or not stored locally (a manifest list's other platforms).
                 continue;
             }
-            let parsed = image::load_manifest_or_index(store, &digest).map_err(|e| {
-                PruneError::Image {
+            let parsed =
+                image::load_manifest_or_index(store, &digest).map_err(|e| PruneError::Image {
                     digest: digest.clone(),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
             match parsed {
                 ManifestOrIndex::Index(index) => {
                     pending.extend(index.manifests.into_iter().map(|d| d.digest));

@@ -223,9 +223,12 @@ impl<'a> Executor<'a> {
                 BuildError::step(&stage.location, &from_text, "base stage was not built")
             })?,
             Base::Image(reference) => {
-                let digest = self.image_digests.get(&reference.to_string()).ok_or_else(|| {
-                    BuildError::step(&stage.location, &from_text, "base image was not loaded")
-                })?;
+                let digest = self
+                    .image_digests
+                    .get(&reference.to_string())
+                    .ok_or_else(|| {
+                        BuildError::step(&stage.location, &from_text, "base image was not loaded")
+                    })?;
                 StepInputs::base(&self.settings, &format!("image {digest}")).key()
             }
         };
@@ -334,7 +337,8 @@ impl<'a> Executor<'a> {
             }
         };
         let loaded = image::load_image(self.store, &manifest_digest).map_err(|e| e.to_string())?;
-        self.image_digests.insert(name.clone(), manifest_digest.clone());
+        self.image_digests
+            .insert(name.clone(), manifest_digest.clone());
         let layers = loaded
             .manifest
             .layers

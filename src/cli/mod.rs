@@ -69,8 +69,8 @@ pub enum RegistryCommand {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "images", "inspect", "tag", "rmi", "save", "pull", "push", "login", "logout", "prune", "serve",
-    "registry", "help",
+    "build", "images", "inspect", "tag", "rmi", "save", "pull", "push", "login", "logout", "prune",
+    "serve", "registry", "help",
 ];
 
 /// Inserts `build` when the command line names no subcommand (`imgbuild -f Dockerfile .`).

@@ -210,9 +210,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .parent()
         .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)?;
+    let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
@@ -247,7 +245,11 @@ mod tests {
         let mut again = StatCache::open(&cache_dir, &ctx);
         let meta = std::fs::symlink_metadata(&file).unwrap();
         assert_eq!(again.file_digest(&file, &meta).unwrap(), first);
-        assert_eq!(again.stats().hashed, 0, "an unchanged file must not be read");
+        assert_eq!(
+            again.stats().hashed,
+            0,
+            "an unchanged file must not be read"
+        );
 
         std::fs::write(&file, "two").unwrap();
         let meta = std::fs::symlink_metadata(&file).unwrap();

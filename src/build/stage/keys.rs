@@ -5,7 +5,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::{ExpandedCopy, Executor, StageState, run_env};
+use super::{Executor, ExpandedCopy, StageState, run_env};
 use crate::build::BuildEvent;
 use crate::build::cache::{self, StepInputs, StepRecord};
 use crate::build::copy;
