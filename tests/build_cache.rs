@@ -332,3 +332,56 @@ fn prune_removes_cache_only_blobs_and_keeps_tagged_images_intact() {
     let rebuilt = build(&root, &ctx, &["-t", &tag]);
     assert_eq!(rebuilt.cached_count(), 0, "{}", rebuilt.log);
 }
+
+/// Serves `body` (changeable) over plain HTTP on 127.0.0.1 for every request.
+fn serve_http(body: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let content = body.lock().unwrap().clone();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
+                content.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    format!("http://{address}")
+}
+
+#[test]
+fn add_url_is_keyed_by_the_downloaded_content() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let ctx = dir.path().join("ctx");
+    let body = std::sync::Arc::new(std::sync::Mutex::new("version 1\n".to_string()));
+    let url = serve_http(body.clone());
+    write_files(
+        &ctx,
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD {url}/file.txt /file.txt\n"),
+        )],
+    );
+    let step = format!("ADD {url}/file.txt /file.txt");
+    let first = build(&root, &ctx, &[]);
+    let same = build(&root, &ctx, &[]);
+    assert!(same.cached(&step), "{}", same.log);
+    assert_eq!(same.digest, first.digest);
+    *body.lock().unwrap() = "version 2\n".to_string();
+    let changed = build(&root, &ctx, &["--explain-cache"]);
+    assert!(!changed.cached(&step), "{}", changed.log);
+    assert!(
+        changed
+            .log
+            .contains(&format!("cache miss: url:{url}/file.txt changed")),
+        "{}",
+        changed.log
+    );
+    assert_ne!(changed.digest, first.digest);
+}

@@ -606,9 +606,9 @@ impl<'a> Executor<'a> {
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let is_add = matches!(located.instruction, Instruction::Add(_));
-                let expanded = self.expand_copy(state, copy).map_err(fail)?;
+                let mut expanded = self.expand_copy(state, copy).map_err(fail)?;
                 let inputs = self
-                    .copy_inputs(state, stage_index, copy, &expanded, is_add)
+                    .copy_inputs(state, stage_index, copy, &mut expanded, is_add)
                     .map_err(fail)?;
                 let (layer, created) = self
                     .cached_layer_step(state, inputs, |this, state| {
@@ -739,6 +739,8 @@ impl<'a> Executor<'a> {
             excludes,
             chmod_text,
             chown,
+            downloads: BTreeMap::new(),
+            download_dir: None,
         })
     }
 
@@ -757,6 +759,8 @@ impl<'a> Executor<'a> {
             excludes,
             chmod_text,
             chown,
+            downloads,
+            download_dir: _,
         } = expanded;
         let chmod = chmod_text
             .as_deref()
@@ -819,6 +823,7 @@ impl<'a> Executor<'a> {
             created_mtime: self.opts.source_date_epoch.unwrap_or(0),
             store: self.store,
             runtime: self.runtime.as_ref(),
+            downloads,
         };
         let (entries, _scratch) = copy::entries(job)?;
         let info = layer::write_layer(self.store, entries, &self.layer_options())
@@ -934,6 +939,10 @@ struct ExpandedCopy {
     excludes: Vec<String>,
     chmod_text: Option<String>,
     chown: Option<String>,
+    /// ADD URLs downloaded to key the cache (reused by the step on a miss).
+    downloads: BTreeMap<String, copy::Downloaded>,
+    /// Where those downloads live until the step is done.
+    download_dir: Option<tempfile::TempDir>,
 }
 
 /// Parses an ONBUILD trigger (one instruction) as if it stood at `location`.

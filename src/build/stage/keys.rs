@@ -124,15 +124,15 @@ impl Executor<'_> {
     }
 
     /// The inputs of a COPY/ADD: its expanded fields and the identity of what it copies
-    /// (context files' content, the `--from` stage's key or image digest). None when a
-    /// source can only be known by running the step (ADD URL without --checksum), or when
-    /// planning fails (the step then runs and reports the error itself).
+    /// (context files' content, the `--from` stage's key or image digest, a URL's --checksum
+    /// or else its downloaded content's digest). None when planning the sources fails (the
+    /// step then runs and reports the error itself).
     pub(super) fn copy_inputs(
         &mut self,
         state: &StageState,
         stage_index: usize,
         instr: &CopyInstr,
-        expanded: &ExpandedCopy,
+        expanded: &mut ExpandedCopy,
         is_add: bool,
     ) -> Result<Option<StepInputs>, String> {
         let mut inputs = StepInputs::after(&state.key);
@@ -160,14 +160,15 @@ impl Executor<'_> {
             None => {}
         }
         let mut local = Vec::new();
-        for source in &expanded.sources {
-            if is_add && copy::is_url(source) {
-                match &instr.checksum {
-                    Some(checksum) => inputs.add(format!("url:{source}"), checksum.clone()),
-                    None => return Ok(None),
-                }
+        for source in expanded.sources.clone() {
+            if is_add && copy::is_url(&source) {
+                let identity = match &instr.checksum {
+                    Some(checksum) => checksum.clone(),
+                    None => self.download_for_key(expanded, &source)?.to_string(),
+                };
+                inputs.add(format!("url:{source}"), identity);
             } else {
-                local.push(source.clone());
+                local.push(source);
             }
         }
         if local.is_empty() {
@@ -242,6 +243,35 @@ impl Executor<'_> {
             inputs.add(format!("mount-source:{index}"), identity);
         }
         Ok(Some(inputs))
+    }
+
+    /// Downloads an ADD URL (once per step) so its content can be keyed; the step reuses
+    /// the file on a miss. Returns the content's sha256.
+    fn download_for_key(
+        &mut self,
+        expanded: &mut ExpandedCopy,
+        url: &str,
+    ) -> Result<Digest, String> {
+        if let Some(done) = expanded.downloads.get(url) {
+            return Ok(done.digest.clone());
+        }
+        if expanded.download_dir.is_none() {
+            let dir = tempfile::Builder::new()
+                .prefix("download-")
+                .tempdir_in(self.store.tmp_dir())
+                .map_err(|e| format!("cannot make a download dir: {e}"))?;
+            expanded.download_dir = Some(dir);
+        }
+        let dir = expanded
+            .download_dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .ok_or_else(|| "no download dir".to_string())?;
+        let runtime = self.runtime()?;
+        let downloaded = copy::prefetch(runtime, url, &dir, crate::digest::Algorithm::Sha256)?;
+        let digest = downloaded.digest.clone();
+        expanded.downloads.insert(url.to_string(), downloaded);
+        Ok(digest)
     }
 
     /// The key of a built stage, or the manifest digest of an image.
