@@ -119,7 +119,6 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
                         ignore: None,
                         excludes: &[],
                         parents: false,
-                        ..Default::default()
                     };
                     let extracted =
                         context::plan_copy(&extract_dir, &[".".to_string()], &into, "/", &options)
@@ -185,7 +184,6 @@ fn plan(
         ignore: job.ignore,
         excludes: job.excludes,
         parents,
-        ..Default::default()
     };
     context::plan_copy(job.source_root, sources, dest, job.workdir, &options)
         .map_err(|e| e.to_string())
@@ -417,7 +415,7 @@ async fn fetch_url(
         .headers()
         .get(reqwest::header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate_to_secs(v));
+        .and_then(httpdate_to_secs);
     let mut file = std::fs::File::create(path).map_err(|e| format!("cannot save {url}: {e}"))?;
     let mut hasher = Hasher::new(algorithm.unwrap_or(crate::digest::Algorithm::Sha256));
     let mut size = 0u64;

@@ -583,7 +583,6 @@ impl<'a> Executor<'a> {
                         start_period: nanos(*start_period),
                         start_interval: nanos(*start_interval),
                         retries: retries.map_or(0, i64::from),
-                        ..Default::default()
                     },
                 };
                 let text = format!(
@@ -666,7 +665,7 @@ impl<'a> Executor<'a> {
 
     fn layer_options(&self) -> LayerOptions {
         LayerOptions {
-            compression: self.opts.compression.clone(),
+            compression: self.opts.compression,
             source_date_epoch: self.opts.source_date_epoch,
         }
     }

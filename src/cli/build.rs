@@ -169,7 +169,7 @@ fn parse_key_values(
     let mut map = BTreeMap::new();
     for value in values {
         match value.split_once('=') {
-            Some((key, _)) if key.is_empty() => bail!("invalid {flag} {value:?}: empty name"),
+            Some(("", _)) => bail!("invalid {flag} {value:?}: empty name"),
             Some((key, val)) => {
                 map.insert(key.to_string(), val.to_string());
             }

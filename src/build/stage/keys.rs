@@ -152,12 +152,9 @@ impl Executor<'_> {
             ),
         );
         inputs.add("checksum", json(&instr.checksum));
-        match self.plan.copy_from(self.dockerfile, stage_index, instr)? {
-            Some(from) => {
-                inputs.add("from", self.from_identity(&from)?);
-                return Ok(Some(inputs));
-            }
-            None => {}
+        if let Some(from) = self.plan.copy_from(self.dockerfile, stage_index, instr)? {
+            inputs.add("from", self.source_identity(&from)?);
+            return Ok(Some(inputs));
         }
         let mut local = Vec::new();
         for source in expanded.sources.clone() {
@@ -233,7 +230,7 @@ impl Executor<'_> {
             let identity = match from {
                 Some(name) => {
                     let from = self.plan.resolve_from(self.dockerfile, stage_index, name)?;
-                    self.from_identity(&from)?
+                    self.source_identity(&from)?
                 }
                 None => match self.context_tree_identity(source)? {
                     Some(identity) => identity,
@@ -275,7 +272,7 @@ impl Executor<'_> {
     }
 
     /// The key of a built stage, or the manifest digest of an image.
-    fn from_identity(&mut self, from: &CopyFrom) -> Result<String, String> {
+    fn source_identity(&mut self, from: &CopyFrom) -> Result<String, String> {
         match from {
             CopyFrom::Stage(index) => self
                 .stage_keys
