@@ -295,16 +295,42 @@ fn prune_removes_cache_only_blobs_and_keeps_tagged_images_intact() {
     std::fs::write(ctx.join("a.txt"), "new\n").unwrap();
     build(&root, &ctx, &["-t", &tag]);
 
-    // Without --all the records stay, and so does the old layer; the old manifest and config
-    // are needed by nothing.
+    // An image that is then removed leaves a snapshot (its first layer, unpacked for its
+    // second COPY) that only the cache knows.
+    write_files(
+        &ctx,
+        &[(
+            "Other.Dockerfile",
+            "FROM scratch\nCOPY a.txt /x.txt\nCOPY a.txt /y.txt\n",
+        )],
+    );
+    let other = ctx.join("Other.Dockerfile");
+    build(
+        &root,
+        &ctx,
+        &["-t", "gone:1", "-f", other.to_str().unwrap()],
+    );
+    ok(imgbuild(&root, &["rmi", "gone:1"]));
+    let snapshots = || root.join("snapshots/sha256").read_dir().unwrap().count();
+    assert_eq!(snapshots(), 2, "busybox and gone's first layer");
+
+    // Without --all the records stay, and so does what they need; gone's and the old
+    // manifests and configs are needed by nothing.
     let plain = ok(imgbuild(&root, &["prune"]));
     assert!(
-        plain.contains("removed 0 cache records, 2 blobs"),
+        plain.contains("removed 0 cache records, 4 blobs"),
         "{plain}"
     );
+    assert_eq!(snapshots(), 2);
     let all = ok(imgbuild(&root, &["prune", "--all"]));
     assert!(!all.contains("removed 0 cache records"), "{all}");
-    assert!(all.contains(", 1 blobs ("), "the old layer must go: {all}");
+    // The old a.txt layer and gone's two layers.
+    assert!(
+        all.contains(", 3 blobs ("),
+        "cache-only layers must go: {all}"
+    );
+    assert!(all.contains(", 1 snapshots ("), "{all}");
+    assert_eq!(snapshots(), 1, "the tagged image's snapshot stays");
     assert!(all.contains("Total reclaimed space: "), "{all}");
     assert!(!root.join("cache/steps").read_dir().unwrap().any(|_| true));
 
