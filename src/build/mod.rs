@@ -2,7 +2,8 @@
 //! in the local store (stages, steps, layers, config, manifest, refs).
 //!
 //! `build()` is the entry point. `plan` picks the stages the target needs and resolves the
-//! global ARGs; `stage` runs one stage's instructions; `copy` turns COPY/ADD into layer entries.
+//! global ARGs; `stage` runs one stage's instructions; `copy` turns COPY/ADD into layer entries;
+//! `cache` keeps each step's result by a key of its inputs; `prune` removes what nothing needs.
 mod cache;
 pub mod chmod;
 mod copy;

@@ -1,6 +1,7 @@
 //! The executor: runs each planned stage's instructions in order, keeping the stage's image
 //! config and layer list, and turning each instruction into config changes, history entries
-//! and (for COPY/ADD/WORKDIR) new layers.
+//! and (for COPY/ADD/WORKDIR/RUN) new layers. Layer steps go through the build cache
+//! (`keys.rs`: what each step's key is made of; `super::cache`: the records).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
