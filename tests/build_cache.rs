@@ -412,3 +412,52 @@ fn add_url_is_keyed_by_the_downloaded_content() {
     );
     assert_ne!(changed.digest, first.digest);
 }
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let ctx = dir.path().join("ctx");
+    // Each stage records when its RUN started and ended; concurrent runs overlap.
+    let stage = |name: &str| {
+        format!(
+            "FROM ${{BASE}} AS {name}\n\
+             RUN date +%s > /{name} && sleep 3 && date +%s >> /{name}\n"
+        )
+    };
+    let dockerfile = format!(
+        "ARG BASE\n{}{}FROM scratch\nCOPY --from=one /one /one\nCOPY --from=two /two /two\n",
+        stage("one"),
+        stage("two")
+    );
+    write_files(&ctx, &[("Dockerfile", &dockerfile)]);
+    let base = format!("BASE={}", base_image());
+    let built = build(&root, &ctx, &["--build-arg", &base]);
+    // The log keeps each stage's steps together.
+    let names: Vec<&str> = built.steps.iter().map(|(s, _)| s.as_str()).collect();
+    let one = names
+        .iter()
+        .position(|s| s.starts_with("RUN date"))
+        .unwrap();
+    assert!(names[one - 1].starts_with("FROM"), "{}", built.log);
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(imgbuild(&root, &["inspect", &built.digest]))).unwrap();
+    let times = |layer: usize, name: &str| -> (u128, u128) {
+        let digest = inspect["Manifest"]["layers"][layer]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let blob = root.join("blobs/sha256").join(digest);
+        let text = run("tar", &["-xzOf", blob.to_str().unwrap(), name]);
+        let mut lines = text.lines().map(|l| l.trim().parse::<u128>().unwrap());
+        (lines.next().unwrap(), lines.next().unwrap())
+    };
+    let (start_one, end_one) = times(0, "one");
+    let (start_two, end_two) = times(1, "two");
+    assert!(
+        start_one.max(start_two) < end_one.min(end_two),
+        "the two RUNs did not overlap: one {start_one}..{end_one}, two {start_two}..{end_two}"
+    );
+}

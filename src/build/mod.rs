@@ -161,6 +161,8 @@ pub enum BuildError {
     Cache(#[from] CacheError),
     #[error("snapshots: {0}")]
     Snapshot(String),
+    #[error("the thread building stage {0} panicked")]
+    StagePanicked(usize),
     #[error("build interrupted")]
     Interrupted,
 }

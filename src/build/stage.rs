@@ -27,6 +27,7 @@ use crate::sandbox::{Network, Runtime};
 use crate::store::Store;
 
 mod keys;
+mod parallel;
 
 /// Docker's default PATH for Linux images.
 pub(crate) const DEFAULT_PATH: &str =
@@ -173,9 +174,16 @@ impl<'a> Executor<'a> {
     /// Builds every planned stage and returns the target stage's image.
     pub fn run(&mut self) -> Result<StageImage, BuildError> {
         let order = self.plan.order.clone();
-        for &index in &order {
-            let image = self.build_stage(index)?;
-            self.done.insert(index, image);
+        let mut pending = order.clone();
+        while !pending.is_empty() {
+            let ready = self.ready_stages(&pending);
+            if let [index] = ready.as_slice() {
+                let image = self.build_stage(*index)?;
+                self.done.insert(*index, image);
+            } else {
+                self.build_concurrently(&ready)?;
+            }
+            pending.retain(|index| !self.done.contains_key(index));
         }
         self.finish_context_hashing();
         let unused: Vec<&String> = self

@@ -155,6 +155,16 @@ impl StatCache {
         Ok(sha256)
     }
 
+    /// Takes in what another cache of the same context learned (another build thread).
+    pub fn absorb(&mut self, other: StatCache) {
+        self.files.extend(other.files);
+        self.used.extend(other.used);
+        self.dirty |= other.dirty;
+        self.stats.checked += other.stats.checked;
+        self.stats.hashed += other.stats.hashed;
+        self.stats.bytes += other.stats.bytes;
+    }
+
     /// Writes the cache back (atomically) when something changed. Entries used by this build
     /// are kept first; at most [`MAX_ENTRIES`] are written.
     pub fn save(&mut self) -> Result<(), ContextError> {
