@@ -212,7 +212,7 @@ fn no_cache_filter_rebuilds_only_the_named_stage() {
     );
     settle();
     let first = build(&root, &ctx, &[]);
-    let filtered = build(&root, &ctx, &["--no-cache-filter", "builder"]);
+    let filtered = build(&root, &ctx, &["--no-cache-filter", "Builder"]);
     assert!(
         !filtered.cached("COPY a.txt /built.txt"),
         "{}",

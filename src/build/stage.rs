@@ -241,11 +241,9 @@ impl<'a> Executor<'a> {
                 StepInputs::base(&self.settings, &format!("image {digest}")).key()
             }
         };
-        let filtered = self
-            .opts
-            .no_cache_filter
-            .iter()
-            .any(|f| Some(f) == stage.name.as_ref() || *f == index.to_string());
+        let filtered = self.opts.no_cache_filter.iter().any(|f| {
+            stage.name.as_deref() == Some(f.to_lowercase().as_str()) || *f == index.to_string()
+        });
         let total = stage.instructions.len() + 1;
         self.progress.event(BuildEvent::Step {
             stage: &stage_name,
