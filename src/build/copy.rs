@@ -42,6 +42,39 @@ pub(crate) struct CopyJob<'a> {
     pub store: &'a Store,
     /// For downloading ADD URLs (present whenever a source is a URL).
     pub runtime: Option<&'a tokio::runtime::Runtime>,
+    /// URLs already downloaded (to key the build cache), by URL.
+    pub downloads: &'a BTreeMap<String, Downloaded>,
+}
+
+/// An ADD URL fetched into a scratch file.
+#[derive(Debug, Clone)]
+pub(crate) struct Downloaded {
+    pub path: PathBuf,
+    /// sha256 of the content (or the --checksum algorithm's digest).
+    pub digest: Digest,
+    pub size: u64,
+    /// Last-Modified, in seconds since the epoch.
+    pub mtime: Option<u64>,
+}
+
+/// Downloads `url` into a new file in `dir` (streamed, hashed with `algorithm`).
+pub(crate) fn prefetch(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    dir: &Path,
+    algorithm: crate::digest::Algorithm,
+) -> Result<Downloaded, String> {
+    let path = dir.join(format!(
+        "download-{}",
+        Digest::sha256_of(url.as_bytes()).short()
+    ));
+    let (digest, size, mtime) = runtime.block_on(fetch_url(url, &path, Some(algorithm)))?;
+    Ok(Downloaded {
+        path,
+        digest,
+        size,
+        mtime,
+    })
 }
 
 /// Whether an ADD source is a remote URL.
@@ -86,7 +119,6 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
                         ignore: None,
                         excludes: &[],
                         parents: false,
-                        ..Default::default()
                     };
                     let extracted =
                         context::plan_copy(&extract_dir, &[".".to_string()], &into, "/", &options)
@@ -152,7 +184,6 @@ fn plan(
         ignore: job.ignore,
         excludes: job.excludes,
         parents,
-        ..Default::default()
     };
     context::plan_copy(job.source_root, sources, dest, job.workdir, &options)
         .map_err(|e| e.to_string())
@@ -305,18 +336,23 @@ fn download(
         .checksum
         .map(|c| Digest::parse(c).map_err(|e| format!("invalid --checksum: {e}")))
         .transpose()?;
-    let runtime = job
-        .runtime
-        .ok_or_else(|| "internal error: no async runtime for ADD URL".to_string())?;
-    let file_path = scratch.join(format!(
-        "download-{}",
-        Digest::sha256_of(url.as_bytes()).short()
-    ));
-    let (digest, size, mtime) = runtime.block_on(fetch_url(
-        url,
-        &file_path,
-        expected.as_ref().map(|d| d.algorithm()),
-    ))?;
+    let algorithm = expected
+        .as_ref()
+        .map_or(crate::digest::Algorithm::Sha256, |d| d.algorithm());
+    let Downloaded {
+        path: file_path,
+        digest,
+        size,
+        mtime,
+    } = match job.downloads.get(url) {
+        Some(done) if done.digest.algorithm() == algorithm => done.clone(),
+        _ => {
+            let runtime = job
+                .runtime
+                .ok_or_else(|| "internal error: no async runtime for ADD URL".to_string())?;
+            prefetch(runtime, url, scratch, algorithm)?
+        }
+    };
     if let Some(expected) = &expected
         && *expected != digest
     {
@@ -379,7 +415,7 @@ async fn fetch_url(
         .headers()
         .get(reqwest::header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate_to_secs(v));
+        .and_then(httpdate_to_secs);
     let mut file = std::fs::File::create(path).map_err(|e| format!("cannot save {url}: {e}"))?;
     let mut hasher = Hasher::new(algorithm.unwrap_or(crate::digest::Algorithm::Sha256));
     let mut size = 0u64;

@@ -2,12 +2,15 @@
 //! in the local store (stages, steps, layers, config, manifest, refs).
 //!
 //! `build()` is the entry point. `plan` picks the stages the target needs and resolves the
-//! global ARGs; `stage` runs one stage's instructions; `copy` turns COPY/ADD into layer entries.
+//! global ARGs; `stage` runs one stage's instructions; `copy` turns COPY/ADD into layer entries;
+//! `cache` keeps each step's result by a key of its inputs; `prune` removes what nothing needs.
+mod cache;
 pub mod chmod;
 mod copy;
 mod heredoc;
 mod plan;
 pub mod platform;
+pub mod prune;
 mod rootfs;
 mod run;
 mod stage;
@@ -24,6 +27,7 @@ use crate::layer::Compression;
 use crate::reference::Reference;
 use crate::store::{RefEntry, Store};
 
+pub use cache::CacheError;
 pub use platform::Platform;
 
 /// What to build and how (the `imgbuild build` flags).
@@ -37,7 +41,12 @@ pub struct BuildOptions {
     /// `--build-arg` values.
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
+    /// `--no-cache`: no cache lookups (results are still recorded).
     pub no_cache: bool,
+    /// `--no-cache-filter`: stages (by name or index) that never use cached results.
+    pub no_cache_filter: Vec<String>,
+    /// `--explain-cache`: say why each step missed the cache.
+    pub explain_cache: bool,
     /// `--label` values, applied to the final image.
     pub labels: BTreeMap<String, String>,
     /// `--platform`; only the host platform is supported.
@@ -65,6 +74,8 @@ impl BuildOptions {
             build_args: BTreeMap::new(),
             target: None,
             no_cache: false,
+            no_cache_filter: Vec::new(),
+            explain_cache: false,
             labels: BTreeMap::new(),
             platform: None,
             pull: false,
@@ -95,6 +106,8 @@ pub enum BuildEvent<'a> {
         total: usize,
         text: &'a str,
     },
+    /// The step just announced was found in the build cache (nothing was run).
+    Cached,
     /// A line of information (pulls, warnings).
     Note(&'a str),
     /// Output of a RUN command, as it arrives.
@@ -144,8 +157,12 @@ pub enum BuildError {
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
     Layer(#[from] crate::layer::LayerError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("snapshots: {0}")]
     Snapshot(String),
+    #[error("the thread building stage {0} panicked")]
+    StagePanicked(usize),
     #[error("build interrupted")]
     Interrupted,
 }
@@ -226,7 +243,12 @@ pub fn build(
     for (key, value) in &opts.labels {
         config.config.labels.insert(key.clone(), value.clone());
     }
-    config.created = Some(crate::image::rfc3339(build_epoch_seconds(opts)));
+    // Like BuildKit: the image is as old as its newest step, so a rebuild from the cache
+    // (whose steps keep their recorded times) gives the same config and manifest digests.
+    config.created = match (opts.source_date_epoch, config.history.last()) {
+        (None, Some(last)) if last.created.is_some() => last.created.clone(),
+        _ => Some(crate::image::rfc3339(build_epoch_seconds(opts))),
+    };
     let layers: Vec<Descriptor> = image
         .layers
         .iter()

@@ -30,6 +30,8 @@ pub(crate) struct Plan {
     pub bases: Vec<Base>,
     /// Stage indexes to build, dependencies first; the last one is the target.
     pub order: Vec<usize>,
+    /// The stages each planned stage needs built first (its base, `--from`, `from=`).
+    pub deps: BTreeMap<usize, BTreeSet<usize>>,
 }
 
 impl Plan {
@@ -107,6 +109,7 @@ impl Plan {
             global_args,
             bases,
             order: Vec::new(),
+            deps: BTreeMap::new(),
         };
         let mut visiting = BTreeSet::new();
         plan.visit(dockerfile, target, &mut visiting)?;
@@ -123,8 +126,10 @@ impl Plan {
         if self.order.contains(&index) || !visiting.insert(index) {
             return Ok(());
         }
+        let mut deps = BTreeSet::new();
         if let Base::Stage(parent) = self.bases[index] {
             self.visit(dockerfile, parent, visiting)?;
+            deps.insert(parent);
         }
         for located in &dockerfile.stages[index].instructions {
             let fail = |e: String| BuildError::step(&located.location, &located.source_text, e);
@@ -147,9 +152,11 @@ impl Plan {
                     self.resolve_from(dockerfile, index, &from).map_err(fail)?
                 {
                     self.visit(dockerfile, dep, visiting)?;
+                    deps.insert(dep);
                 }
             }
         }
+        self.deps.insert(index, deps);
         self.order.push(index);
         Ok(())
     }

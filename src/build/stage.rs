@@ -1,10 +1,12 @@
 //! The executor: runs each planned stage's instructions in order, keeping the stage's image
 //! config and layer list, and turning each instruction into config changes, history entries
-//! and (for COPY/ADD/WORKDIR) new layers.
+//! and (for COPY/ADD/WORKDIR/RUN) new layers. Layer steps go through the build cache
+//! (`keys.rs`: what each step's key is made of; `super::cache`: the records).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use super::cache::{BuildCache, StepInputs};
 use super::copy::{self, CopyJob};
 use super::plan::{Base, CopyFrom, Plan};
 use super::rootfs::{self, Rootfs};
@@ -12,6 +14,8 @@ use super::run::{self, MountSpec, RunContext, RunStep};
 use super::{
     BuildError, BuildEvent, BuildOptions, BuildProgress, Platform, build_epoch_seconds, users,
 };
+use crate::context::StatCache;
+use crate::digest::Digest;
 use crate::dockerfile::{
     self, CommandForm, CopyInstr, CopySource, Dockerfile, Healthcheck, IgnoreMatcher, Instruction,
     Lexer, Located, Location, RunInstr,
@@ -21,6 +25,9 @@ use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
 use crate::reference::Reference;
 use crate::sandbox::{Network, Runtime};
 use crate::store::Store;
+
+mod keys;
+mod parallel;
 
 /// Docker's default PATH for Linux images.
 pub(crate) const DEFAULT_PATH: &str =
@@ -41,6 +48,12 @@ struct StageState {
     args: BTreeMap<String, Option<String>>,
     /// Whether this stage set CMD (ENTRYPOINT resets an inherited CMD only).
     cmd_set: bool,
+    /// Cache key of everything so far: the base, then each step (and its result).
+    key: Digest,
+    /// Whether cache lookups are allowed in this stage (not with --no-cache / --no-cache-filter).
+    use_cache: bool,
+    /// Names the Dockerfile step being run (stage, step index), for --explain-cache.
+    slot: String,
 }
 
 impl StageState {
@@ -104,6 +117,15 @@ pub(crate) struct Executor<'a> {
     /// Seconds since the epoch written into `created` and synthesized mtimes.
     time: u64,
     used_build_args: BTreeSet<String>,
+    cache: BuildCache,
+    /// Content hashes of context files, opened on first use.
+    stat_cache: Option<StatCache>,
+    /// Final cache key of each built stage.
+    stage_keys: BTreeMap<usize, Digest>,
+    /// Manifest digest of each base/`--from` image by reference.
+    image_digests: BTreeMap<String, Digest>,
+    /// Build settings that change every layer (platform, compression, SOURCE_DATE_EPOCH).
+    settings: String,
 }
 
 impl<'a> Executor<'a> {
@@ -138,16 +160,32 @@ impl<'a> Executor<'a> {
             rootfs: rootfs::RootfsManager::new(store)?,
             time: build_epoch_seconds(opts),
             used_build_args,
+            cache: BuildCache::open(store)?,
+            stat_cache: None,
+            stage_keys: BTreeMap::new(),
+            image_digests: BTreeMap::new(),
+            settings: format!(
+                "platform={platform} compression={:?} source_date_epoch={:?}",
+                opts.compression, opts.source_date_epoch
+            ),
         })
     }
 
     /// Builds every planned stage and returns the target stage's image.
     pub fn run(&mut self) -> Result<StageImage, BuildError> {
         let order = self.plan.order.clone();
-        for &index in &order {
-            let image = self.build_stage(index)?;
-            self.done.insert(index, image);
+        let mut pending = order.clone();
+        while !pending.is_empty() {
+            let ready = self.ready_stages(&pending);
+            if let [index] = ready.as_slice() {
+                let image = self.build_stage(*index)?;
+                self.done.insert(*index, image);
+            } else {
+                self.build_concurrently(&ready)?;
+            }
+            pending.retain(|index| !self.done.contains_key(index));
         }
+        self.finish_context_hashing();
         let unused: Vec<&String> = self
             .opts
             .build_args
@@ -188,6 +226,24 @@ impl<'a> Executor<'a> {
                 .image(&reference)
                 .map_err(|e| BuildError::step(&stage.location, &from_text, e))?,
         };
+        let base_key = match &self.plan.bases[index] {
+            Base::Scratch => StepInputs::base(&self.settings, "scratch").key(),
+            Base::Stage(parent) => self.stage_keys.get(parent).cloned().ok_or_else(|| {
+                BuildError::step(&stage.location, &from_text, "base stage was not built")
+            })?,
+            Base::Image(reference) => {
+                let digest = self
+                    .image_digests
+                    .get(&reference.to_string())
+                    .ok_or_else(|| {
+                        BuildError::step(&stage.location, &from_text, "base image was not loaded")
+                    })?;
+                StepInputs::base(&self.settings, &format!("image {digest}")).key()
+            }
+        };
+        let filtered = self.opts.no_cache_filter.iter().any(|f| {
+            stage.name.as_deref() == Some(f.to_lowercase().as_str()) || *f == index.to_string()
+        });
         let total = stage.instructions.len() + 1;
         self.progress.event(BuildEvent::Step {
             stage: &stage_name,
@@ -199,12 +255,16 @@ impl<'a> Executor<'a> {
             image: base,
             args: BTreeMap::new(),
             cmd_set: false,
+            key: base_key,
+            use_cache: !self.opts.no_cache && !filtered,
+            slot: String::new(),
         };
 
         // ONBUILD triggers of the base run first, then are cleared from the new image.
         let triggers = std::mem::take(&mut state.image.config.config.on_build);
-        for trigger in triggers {
+        for (trigger_index, trigger) in triggers.into_iter().enumerate() {
             let parsed = parse_trigger(&trigger, &stage.location)?;
+            state.slot = format!("{index} onbuild {trigger_index}");
             let text = format!("ONBUILD {trigger}");
             self.progress.event(BuildEvent::Step {
                 stage: &stage_name,
@@ -225,8 +285,10 @@ impl<'a> Executor<'a> {
                 total,
                 text: &located.source_text,
             });
+            state.slot = format!("{index} {step}");
             self.dispatch(&mut state, index, located)?;
         }
+        self.stage_keys.insert(index, state.key.clone());
         Ok(state.image)
     }
 
@@ -282,6 +344,8 @@ impl<'a> Executor<'a> {
             }
         };
         let loaded = image::load_image(self.store, &manifest_digest).map_err(|e| e.to_string())?;
+        self.image_digests
+            .insert(name.clone(), manifest_digest.clone());
         let layers = loaded
             .manifest
             .layers
@@ -333,8 +397,19 @@ impl<'a> Executor<'a> {
     }
 
     fn history(&self, state: &mut StageState, created_by: String, empty_layer: bool) {
+        let created = self.created();
+        self.history_at(state, created_by, empty_layer, created);
+    }
+
+    fn history_at(
+        &self,
+        state: &mut StageState,
+        created_by: String,
+        empty_layer: bool,
+        created: String,
+    ) {
         state.image.config.history.push(History {
-            created: Some(self.created()),
+            created: Some(created),
             created_by: Some(created_by),
             comment: Some(HISTORY_COMMENT.to_string()),
             empty_layer,
@@ -342,7 +417,28 @@ impl<'a> Executor<'a> {
         });
     }
 
+    /// Runs one instruction; metadata-only instructions are then folded into the stage's key.
     fn dispatch(
+        &mut self,
+        state: &mut StageState,
+        stage_index: usize,
+        located: &Located,
+    ) -> Result<(), BuildError> {
+        let history_before = state.image.config.history.len();
+        self.dispatch_instruction(state, stage_index, located)?;
+        match located.instruction {
+            Instruction::Arg(_)
+            | Instruction::Workdir(_)
+            | Instruction::Copy(_)
+            | Instruction::Add(_)
+            | Instruction::Run(_) => Ok(()),
+            _ => self
+                .fold_metadata(state, history_before, &located.source_text)
+                .map_err(|e| BuildError::step(&located.location, &located.source_text, e)),
+        }
+    }
+
+    fn dispatch_instruction(
         &mut self,
         state: &mut StageState,
         stage_index: usize,
@@ -387,7 +483,13 @@ impl<'a> Executor<'a> {
                 let dir = self.expand(state, dir).map_err(fail)?;
                 let path = rootfs::join_clean(&state.workdir(), &dir);
                 state.image.config.config.working_dir = path.clone();
-                let layer = self.workdir_layer(state, &path).map_err(fail)?;
+                let mut inputs = StepInputs::after(&state.key);
+                inputs.add("instruction", format!("WORKDIR {path}"));
+                let (layer, created) = self
+                    .cached_layer_step(state, Some(inputs), |this, state| {
+                        this.workdir_layer(state, &path)
+                    })
+                    .map_err(fail)?;
                 let empty = layer.is_none();
                 if let Some(layer) = layer {
                     state
@@ -398,7 +500,7 @@ impl<'a> Executor<'a> {
                         .push(layer.diff_id.clone());
                     state.image.layers.push(layer);
                 }
-                self.history(state, format!("WORKDIR {path}"), empty);
+                self.history_at(state, format!("WORKDIR {path}"), empty, created);
             }
             Instruction::User(user) => {
                 let user = self.expand(state, user).map_err(fail)?;
@@ -488,7 +590,6 @@ impl<'a> Executor<'a> {
                         start_period: nanos(*start_period),
                         start_interval: nanos(*start_interval),
                         retries: retries.map_or(0, i64::from),
-                        ..Default::default()
                     },
                 };
                 let text = format!(
@@ -511,9 +612,17 @@ impl<'a> Executor<'a> {
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let is_add = matches!(located.instruction, Instruction::Add(_));
-                let layer = self
-                    .copy_layer(state, stage_index, copy, is_add)
+                let mut expanded = self.expand_copy(state, copy).map_err(fail)?;
+                let inputs = self
+                    .copy_inputs(state, stage_index, copy, &mut expanded, is_add)
                     .map_err(fail)?;
+                let (layer, created) = self
+                    .cached_layer_step(state, inputs, |this, state| {
+                        this.copy_layer(state, stage_index, copy, &expanded, is_add)
+                            .map(Some)
+                    })
+                    .map_err(fail)?;
+                let layer = layer.ok_or_else(|| fail("COPY/ADD produced no layer".to_string()))?;
                 state
                     .image
                     .config
@@ -522,10 +631,16 @@ impl<'a> Executor<'a> {
                     .push(layer.diff_id.clone());
                 state.image.layers.push(layer);
                 let text = format!("{} # imgbuild", located.source_text.trim());
-                self.history(state, text, false);
+                self.history_at(state, text, false, created);
             }
             Instruction::Run(instr) => {
-                let (layer, args) = self.run_layer(state, stage_index, instr).map_err(fail)?;
+                let args = run::command_args(instr, &state.shell()).0;
+                let inputs = self.run_inputs(state, stage_index, instr).map_err(fail)?;
+                let (layer, created) = self
+                    .cached_layer_step(state, inputs, |this, state| {
+                        this.run_layer(state, stage_index, instr)
+                    })
+                    .map_err(fail)?;
                 let created_by = format!("RUN {} # imgbuild", args.join(" "));
                 let empty = layer.is_none();
                 if let Some(layer) = layer {
@@ -537,7 +652,7 @@ impl<'a> Executor<'a> {
                         .push(layer.diff_id.clone());
                     state.image.layers.push(layer);
                 }
-                self.history(state, created_by, empty);
+                self.history_at(state, created_by, empty, created);
             }
         }
         Ok(())
@@ -557,7 +672,7 @@ impl<'a> Executor<'a> {
 
     fn layer_options(&self) -> LayerOptions {
         LayerOptions {
-            compression: self.opts.compression.clone(),
+            compression: self.opts.compression,
             source_date_epoch: self.opts.source_date_epoch,
         }
     }
@@ -591,13 +706,8 @@ impl<'a> Executor<'a> {
         Ok(Some(info))
     }
 
-    fn copy_layer(
-        &mut self,
-        state: &StageState,
-        stage_index: usize,
-        copy: &CopyInstr,
-        is_add: bool,
-    ) -> Result<LayerInfo, String> {
+    /// Expands the variables of a COPY/ADD's sources, heredocs, destination and flags.
+    fn expand_copy(&self, state: &StageState, copy: &CopyInstr) -> Result<ExpandedCopy, String> {
         let mut sources = Vec::new();
         let mut heredocs = Vec::new();
         for source in &copy.sources {
@@ -618,12 +728,49 @@ impl<'a> Executor<'a> {
         for pattern in &copy.excludes {
             excludes.push(self.expand(state, pattern)?);
         }
-        let chmod = copy
+        let chmod_text = copy
             .chmod
             .as_deref()
             .map(|c| self.expand(state, c))
-            .transpose()?
-            .map(|c| super::chmod::Chmod::parse(&c).map_err(|e| e.to_string()))
+            .transpose()?;
+        let chown = copy
+            .chown
+            .as_deref()
+            .map(|c| self.expand(state, c))
+            .transpose()?;
+        Ok(ExpandedCopy {
+            sources,
+            heredocs,
+            dest,
+            excludes,
+            chmod_text,
+            chown,
+            downloads: BTreeMap::new(),
+            download_dir: None,
+        })
+    }
+
+    fn copy_layer(
+        &mut self,
+        state: &StageState,
+        stage_index: usize,
+        copy: &CopyInstr,
+        expanded: &ExpandedCopy,
+        is_add: bool,
+    ) -> Result<LayerInfo, String> {
+        let ExpandedCopy {
+            sources,
+            heredocs,
+            dest,
+            excludes,
+            chmod_text,
+            chown,
+            downloads,
+            download_dir: _,
+        } = expanded;
+        let chmod = chmod_text
+            .as_deref()
+            .map(|c| super::chmod::Chmod::parse(c).map_err(|e| e.to_string()))
             .transpose()?;
 
         if is_add && sources.iter().any(|s| copy::is_url(s)) {
@@ -635,12 +782,11 @@ impl<'a> Executor<'a> {
 
         // The target rootfs answers which parent dirs exist and resolves --chown names.
         let target = self.rootfs.mount(self.store, &state.image.layers)?;
-        let owner = match &copy.chown {
+        let owner = match chown {
             Some(spec) => {
-                let spec = self.expand(state, spec)?;
                 let passwd = rootfs::read_in_root(target.path(), "etc/passwd").unwrap_or_default();
                 let group = rootfs::read_in_root(target.path(), "etc/group").unwrap_or_default();
-                Some(users::resolve_chown(&spec, &passwd, &group).map_err(|e| e.to_string())?)
+                Some(users::resolve_chown(spec, &passwd, &group).map_err(|e| e.to_string())?)
             }
             None => None,
         };
@@ -665,13 +811,13 @@ impl<'a> Executor<'a> {
             None => (self.opts.context.as_path(), Some(&self.ignore)),
         };
         let job = CopyJob {
-            sources: &sources,
-            heredocs: &heredocs,
-            dest: &dest,
+            sources,
+            heredocs,
+            dest,
             workdir: &state.workdir(),
             source_root,
             ignore,
-            excludes: &excludes,
+            excludes,
             parents: copy.parents,
             preserve_owner: source_mount.is_some(),
             owner,
@@ -683,6 +829,7 @@ impl<'a> Executor<'a> {
             created_mtime: self.opts.source_date_epoch.unwrap_or(0),
             store: self.store,
             runtime: self.runtime.as_ref(),
+            downloads,
         };
         let (entries, _scratch) = copy::entries(job)?;
         let info = layer::write_layer(self.store, entries, &self.layer_options())
@@ -709,7 +856,7 @@ impl<'a> Executor<'a> {
         state: &StageState,
         stage_index: usize,
         instr: &RunInstr,
-    ) -> Result<(Option<LayerInfo>, Vec<String>), String> {
+    ) -> Result<Option<LayerInfo>, String> {
         let mut mounts = Vec::new();
         for raw in &instr.mounts {
             mounts.push(MountSpec::parse(&self.expand(state, raw)?)?);
@@ -731,16 +878,7 @@ impl<'a> Executor<'a> {
             from_roots.insert(name.to_string(), rootfs.path().to_path_buf());
             from_mounts.push(rootfs);
         }
-        let mut env = state.image.config.config.env.clone();
-        for (key, value) in &state.args {
-            let Some(value) = value else { continue };
-            if !env
-                .iter()
-                .any(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str()))
-            {
-                env.push(format!("{key}={value}"));
-            }
-        }
+        let env = run_env(state);
         let runtime = self.sandbox_runtime()?;
         let step = RunStep {
             instr,
@@ -752,7 +890,6 @@ impl<'a> Executor<'a> {
             mounts,
             from_roots,
         };
-        let args = run::command_args(instr, &step.shell).0;
         let ctx = RunContext {
             store: self.store,
             runtime: &runtime,
@@ -767,13 +904,13 @@ impl<'a> Executor<'a> {
         })?;
         drop(from_mounts);
         if result.entries.is_empty() {
-            return Ok((None, args));
+            return Ok(None);
         }
         let info = layer::write_layer(self.store, result.entries, &self.layer_options())
             .map_err(|e| e.to_string())?;
         self.rootfs
             .adopt_upper(&state.image.layers, &info, result.upper)?;
-        Ok((Some(info), args))
+        Ok(Some(info))
     }
 
     /// Heredoc bodies of COPY expand variables unless the delimiter was quoted.
@@ -782,6 +919,36 @@ impl<'a> Executor<'a> {
         let lookup = |name: &str| vars.get(name).cloned();
         super::heredoc::expand(&self.lexer, content, &lookup).map_err(|e| e.to_string())
     }
+}
+
+/// The environment of a RUN: the image's ENV plus the stage's ARGs that ENV does not set.
+fn run_env(state: &StageState) -> Vec<String> {
+    let mut env = state.image.config.config.env.clone();
+    for (key, value) in &state.args {
+        let Some(value) = value else { continue };
+        if !env
+            .iter()
+            .any(|e| e.split_once('=').map(|(k, _)| k) == Some(key.as_str()))
+        {
+            env.push(format!("{key}={value}"));
+        }
+    }
+    env
+}
+
+/// A COPY/ADD with its variables expanded.
+struct ExpandedCopy {
+    sources: Vec<String>,
+    /// (file name, content) of heredoc sources.
+    heredocs: Vec<(String, String)>,
+    dest: String,
+    excludes: Vec<String>,
+    chmod_text: Option<String>,
+    chown: Option<String>,
+    /// ADD URLs downloaded to key the cache (reused by the step on a miss).
+    downloads: BTreeMap<String, copy::Downloaded>,
+    /// Where those downloads live until the step is done.
+    download_dir: Option<tempfile::TempDir>,
 }
 
 /// Parses an ONBUILD trigger (one instruction) as if it stood at `location`.

@@ -30,9 +30,15 @@ pub struct BuildArgs {
     /// Build this stage and the stages it needs, not the last one.
     #[arg(long)]
     pub target: Option<String>,
-    /// Do not use the build cache.
+    /// Do not use the build cache (steps still record their results for later builds).
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not use the build cache for this stage (name or index); may be repeated.
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
+    /// Say why each step missed the build cache (changed file, ARG, ENV...).
+    #[arg(long)]
+    pub explain_cache: bool,
     /// Set a label on the image (`KEY=VALUE`); may be repeated.
     #[arg(long = "label")]
     pub labels: Vec<String>,
@@ -163,7 +169,7 @@ fn parse_key_values(
     let mut map = BTreeMap::new();
     for value in values {
         match value.split_once('=') {
-            Some((key, _)) if key.is_empty() => bail!("invalid {flag} {value:?}: empty name"),
+            Some(("", _)) => bail!("invalid {flag} {value:?}: empty name"),
             Some((key, val)) => {
                 map.insert(key.to_string(), val.to_string());
             }
@@ -212,6 +218,14 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
     opts.labels = parse_key_values("--label", &args.labels, false)?;
     opts.target = args.target.clone();
     opts.no_cache = args.no_cache;
+    opts.no_cache_filter = args
+        .no_cache_filter
+        .iter()
+        .flat_map(|f| f.split(','))
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect();
+    opts.explain_cache = args.explain_cache;
     opts.platform = args.platform.clone();
     opts.pull = args.pull;
     opts.source_date_epoch = source_date_epoch()?;

@@ -4,6 +4,7 @@ mod archive;
 mod build;
 mod images;
 mod progress;
+mod prune;
 mod push;
 mod serve;
 mod transfer;
@@ -52,6 +53,8 @@ pub enum Command {
     Login(push::LoginArgs),
     /// Remove saved credentials for a registry.
     Logout(push::LogoutArgs),
+    /// Remove build cache records and the blobs and snapshots no image or kept record needs.
+    Prune(prune::PruneArgs),
     /// Run the bundled OCI registry.
     Serve(serve::ServeArgs),
     /// Registry administration.
@@ -66,8 +69,8 @@ pub enum RegistryCommand {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "build", "images", "inspect", "tag", "rmi", "save", "pull", "push", "login", "logout", "serve",
-    "registry", "help",
+    "build", "images", "inspect", "tag", "rmi", "save", "pull", "push", "login", "logout", "prune",
+    "serve", "registry", "help",
 ];
 
 /// Inserts `build` when the command line names no subcommand (`imgbuild -f Dockerfile .`).
@@ -135,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Save(args) => open_store(cli.root).and_then(|store| images::save(&store, args)),
         Command::Pull(args) => open_store(cli.root).and_then(|store| images::pull(&store, args)),
         Command::Push(args) => open_store(cli.root).and_then(|store| push::push(&store, args)),
+        Command::Prune(args) => open_store(cli.root).and_then(|store| prune::run(&store, args)),
         Command::Login(args) => push::login(args),
         Command::Logout(args) => push::logout(args),
         Command::Serve(args) | Command::Registry(RegistryCommand::Serve(args)) => serve::run(args),

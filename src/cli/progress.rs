@@ -44,6 +44,7 @@ impl BuildProgress for PlainProgress {
                 let first_line = text.lines().next().unwrap_or_default().trim();
                 writeln!(err, "#{} [{stage} {index}/{total}] {first_line}", self.step)
             }
+            BuildEvent::Cached => writeln!(err, "#{} CACHED", self.step),
             BuildEvent::Note(note) => writeln!(err, "{note}"),
             BuildEvent::Output(bytes) => {
                 let text = String::from_utf8_lossy(bytes);

@@ -7,9 +7,11 @@
 mod error;
 mod plan;
 mod resolve;
+pub mod stat_cache;
 
 pub use error::ContextError;
 pub use plan::{CopyItem, CopyOptions, CopyPlan, plan_copy, plan_copy_full};
+pub use stat_cache::{HashStats, StatCache};
 
 #[cfg(test)]
 mod tests;
