@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-#! Side-by-side build benchmark: imgbuild vs `docker build` (BuildKit) vs `buildah bud --layers`
-#! on a generated, seeded context (thousands of small source files + tens of MB of assets):
-#! cold, warm and incremental builds, and build+push end to end. Prints medians and ratios.
-#!
-#! Usage (as root, from anywhere):  benches/build.sh
-#! Environment:
-#!   BENCH_RUNS=3            runs per scenario and tool (the median is reported)
-#!   BENCH_BASE=debian       debian (debootstrap bookworm minbase, cached in ~/.cache) or busybox
-#!   BENCH_SOURCE_FILES=5000 BENCH_ASSET_MB=40   size of the generated context
-#!   BENCH_TOOLS="imgbuild docker buildah"       which tools to run
-#!   BENCH_KEEP=1            keep the scratch directory (logs, context, stores)
-#!   IMGBUILD_BIN=PATH       benchmark this binary instead of `cargo build --release`
-#! Everything listens on 127.0.0.1 only: a private docker-registry on a free port holds the base
-#! image and the pushed images, and is removed with the scratch directory at the end.
+# Side-by-side build benchmark: imgbuild vs `docker build` (BuildKit) vs `buildah bud --layers`
+# on a generated, seeded context (thousands of small source files + tens of MB of assets):
+# cold, warm and incremental builds, and build+push end to end. Prints medians and ratios.
+#
+# Usage (as root, from anywhere):  benches/build.sh
+# Environment:
+#   BENCH_RUNS=3            runs per scenario and tool (the median is reported)
+#   BENCH_BASE=debian       debian (debootstrap bookworm minbase, cached in ~/.cache) or busybox
+#   BENCH_SOURCE_FILES=5000 BENCH_ASSET_MB=40   size of the generated context
+#   BENCH_TOOLS="imgbuild docker buildah"       which tools to run
+#   BENCH_KEEP=1            keep the scratch directory (logs, context, stores)
+#   IMGBUILD_BIN=PATH       benchmark this binary instead of `cargo build --release`
+# Everything listens on 127.0.0.1 only: a private docker-registry on a free port holds the base
+# image and the pushed images, and is removed with the scratch directory at the end.
 
+# shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS=${BENCH_RUNS:-3}

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-#! Shared helpers for the side-by-side benchmark scripts in benches/: building the imgbuild
-#! release binary, installing peer tools, timing commands, medians, private registries, tables.
-#! Sourced by benches/build.sh and benches/push.sh; not meant to be run on its own.
+# Shared helpers for the side-by-side benchmark scripts in benches/: building the imgbuild
+# release binary, installing peer tools, timing commands, medians, private registries, tables.
+# Sourced by benches/build.sh and benches/push.sh; not meant to be run on its own.
 
 set -euo pipefail
 shopt -s inherit_errexit

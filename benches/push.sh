@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-#! Side-by-side push benchmark: `imgbuild push` vs `skopeo copy` vs `docker push` of the same
-#! ~200 MB image (a few layers of random-ish data, built by imgbuild and loaded into docker),
-#! each tool into its own freshly started, empty docker-registry on 127.0.0.1; then an
-#! incremental push of a version with one changed layer. Reports times and bytes sent (the
-#! growth of the registry's data directory), medians of several runs, and ratios.
-#!
-#! Usage (as root, from anywhere):  benches/push.sh
-#! Environment:
-#!   BENCH_RUNS=3                 runs per tool (the median is reported)
-#!   BENCH_LAYERS_MB="100 60 30"  sizes of the unchanging layers; BENCH_APP_MB=10 the changed one
-#!   BENCH_TOOLS="imgbuild skopeo docker"
-#!   BENCH_KEEP=1                 keep the scratch directory (logs, context, store)
-#!   IMGBUILD_BIN=PATH            benchmark this binary instead of `cargo build --release`
+# Side-by-side push benchmark: `imgbuild push` vs `skopeo copy` vs `docker push` of the same
+# ~200 MB image (a few layers of random-ish data, built by imgbuild and loaded into docker),
+# each tool into its own freshly started, empty docker-registry on 127.0.0.1; then an
+# incremental push of a version with one changed layer. Reports times and bytes sent (the
+# growth of the registry's data directory), medians of several runs, and ratios.
+#
+# Usage (as root, from anywhere):  benches/push.sh
+# Environment:
+#   BENCH_RUNS=3                 runs per tool (the median is reported)
+#   BENCH_LAYERS_MB="100 60 30"  sizes of the unchanging layers; BENCH_APP_MB=10 the changed one
+#   BENCH_TOOLS="imgbuild skopeo docker"
+#   BENCH_KEEP=1                 keep the scratch directory (logs, context, store)
+#   IMGBUILD_BIN=PATH            benchmark this binary instead of `cargo build --release`
 
+# shellcheck source=benches/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS=${BENCH_RUNS:-3}
