@@ -9,6 +9,7 @@
 #   BENCH_BASE=debian       debian (debootstrap bookworm minbase, cached in ~/.cache) or busybox
 #   BENCH_SOURCE_FILES=5000 BENCH_ASSET_MB=40   size of the generated context
 #   BENCH_TOOLS="imgbuild docker buildah"       which tools to run
+#   BENCH_SETTLE_SECONDS=31 pause after cache resets before timing (see reset_all)
 #   BENCH_KEEP=1            keep the scratch directory (logs, context, stores)
 #   IMGBUILD_BIN=PATH       benchmark this binary instead of `cargo build --release`
 # Everything listens on 127.0.0.1 only: a private docker-registry on a free port holds the base
@@ -18,6 +19,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS=${BENCH_RUNS:-3}
+SETTLE=${BENCH_SETTLE_SECONDS:-31}
 BASE_KIND=${BENCH_BASE:-debian}
 SOURCE_FILES=${BENCH_SOURCE_FILES:-5000}
 ASSET_MB=${BENCH_ASSET_MB:-40}
@@ -30,9 +32,9 @@ CACHE_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/imgbuild-bench
 require_root
 make_workdir build
 CTX="$WORK/context"
-IMGBUILD_ROOT="$WORK/imgbuild-root"
-BUILDAH_ROOT="$WORK/buildah-root"
-BUILDAH_RUNROOT="$WORK/buildah-runroot"
+IMGBUILD_ROOT="$WORK/imgbuild-root-0"
+BUILDAH_ROOT="$WORK/buildah-root-0"
+BUILDAH_RUNROOT="$WORK/buildah-runroot-0"
 DOCKER_IIDS="$WORK/docker-image-ids"
 DOCKER_TAGS="$WORK/docker-tags"
 touch "$DOCKER_IIDS" "$DOCKER_TAGS"
@@ -42,8 +44,12 @@ cleanup() {
     set +e
     registry_stop
     if [[ -x ${BUILDAH:-} ]]; then
-        buildah_cmd rm -a >/dev/null 2>&1
-        umount -R "$BUILDAH_ROOT/overlay" 2>/dev/null
+        for root in "$WORK"/buildah-root-*; do
+            [[ -d $root ]] || continue
+            buildah --root "$root" --runroot "${root/buildah-root/buildah-runroot}" rm -a \
+                >/dev/null 2>&1
+            umount -R "$root/overlay" 2>/dev/null
+        done
     fi
     if [[ -s $DOCKER_TAGS ]]; then
         xargs -r "$DOCKER" rmi -f <"$DOCKER_TAGS" >/dev/null 2>&1
@@ -142,21 +148,32 @@ log "context: $CONTEXT_SUMMARY"
 
 # ---------------------------------------------------------------- per-tool steps
 
-# reset_TOOL: empty build cache, base image present locally (not timed).
+# reset_TOOL: empty build cache, base image present locally (not timed). Every reset uses a new
+# store directory and old ones are only deleted at the end: this filesystem (ext4 without a
+# journal) skips inodes freed in the last 30 s when it allocates new ones, and `perf` showed
+# builds spending most of their time in ext4 `recently_deleted` right after an `rm -rf` of a
+# store. For the same reason the scenarios sleep BENCH_SETTLE_SECONDS after `docker builder
+# prune` (which deletes files) before timing anything.
+GENERATION=0
 reset_imgbuild() {
-    rm -rf "$IMGBUILD_ROOT"
+    IMGBUILD_ROOT="$WORK/imgbuild-root-$GENERATION"
     "$IMGBUILD" --root "$IMGBUILD_ROOT" pull "$BASE" >>"$WORK/setup.log" 2>&1
 }
 reset_docker() {
     "$DOCKER" builder prune -af >>"$WORK/setup.log" 2>&1
 }
 reset_buildah() {
-    if [[ -d $BUILDAH_ROOT ]]; then
-        buildah_cmd rm -a >>"$WORK/setup.log" 2>&1 || true
-        buildah_cmd rmi -a -f >>"$WORK/setup.log" 2>&1 || true
-    fi
-    rm -rf "$BUILDAH_ROOT" "$BUILDAH_RUNROOT"
+    BUILDAH_ROOT="$WORK/buildah-root-$GENERATION"
+    BUILDAH_RUNROOT="$WORK/buildah-runroot-$GENERATION"
     buildah_cmd pull --tls-verify=false "$BASE" >>"$WORK/setup.log" 2>&1
+}
+# reset_all: resets every tool, then lets the filesystem settle.
+reset_all() {
+    local tool
+    GENERATION=$((GENERATION + 1))
+    for tool in "${TOOLS[@]}"; do "reset_$tool"; done
+    log "settling for ${SETTLE}s after the cache resets"
+    sleep "$SETTLE"
 }
 
 # run_build_TOOL TAG: one build of $CTX; prints the seconds it took.
@@ -223,8 +240,8 @@ tools_for_run() {
 record() { TIMES[$1/$2]="${TIMES[$1/$2]:-} $3"; }
 
 for ((run = 1; run <= RUNS; run++)); do
+    reset_all
     for tool in $(tools_for_run "$run"); do
-        "reset_$tool"
         seconds="$("run_build_$tool" "bench/app-$tool:cold")"
         record cold "$tool" "$seconds"
         log "cold run $run/$RUNS $tool: ${seconds}s"
@@ -249,8 +266,8 @@ for ((run = 1; run <= RUNS; run++)); do
 done
 
 for ((run = 1; run <= RUNS; run++)); do
+    reset_all
     for tool in $(tools_for_run "$run"); do
-        "reset_$tool"
         seconds="$("run_push_$tool" "$REGISTRY/bench/e2e-$tool-$run:latest")"
         record push "$tool" "$seconds"
         log "build+push run $run/$RUNS $tool: ${seconds}s"
