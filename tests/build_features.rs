@@ -142,6 +142,57 @@ fn add_extracts_local_archives_and_copy_does_not() {
     }
 }
 
+/// Serves `body` over HTTP on 127.0.0.1 for each connection; returns the base URL.
+fn serve_http(body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    format!("http://{address}")
+}
+
+#[test]
+fn add_downloads_urls_and_verifies_the_checksum() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let base = serve_http(b"downloaded content\n");
+    let digest = format!(
+        "sha256:{}",
+        run("sh", &["-c", "printf 'downloaded content\\n' | sha256sum | cut -d' ' -f1"]).trim()
+    );
+    let ctx = dir.path().join("ctx");
+    let dockerfile = format!(
+        "FROM scratch\nADD --checksum={digest} {base}/files/data.txt /srv/\nADD {base}/files/data.txt /renamed.txt\n"
+    );
+    write_files(&ctx, &[("Dockerfile", &dockerfile)]);
+    build(&root, &ctx, &["-t", "url:1"]);
+    let first = layer_listing(&root, "url:1", 0);
+    assert!(first.iter().any(|l| l.starts_with("-rw------- 0/0") && l.ends_with("srv/data.txt")), "{first:?}");
+    let second = layer_listing(&root, "url:1", 1);
+    assert!(second.iter().any(|l| l.ends_with("renamed.txt")), "{second:?}");
+
+    let bad = dir.path().join("bad");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    write_files(
+        &bad,
+        &[("Dockerfile", &format!("FROM scratch\nADD --checksum={wrong} {base}/x /x\n"))],
+    );
+    let stderr = fails(imgbuild(&root, &["build", bad.to_str().unwrap()]));
+    assert!(stderr.contains("checksum mismatch"), "{stderr}");
+}
+
 #[test]
 fn copy_heredoc_parents_and_exclude() {
     let dir = temp_dir();

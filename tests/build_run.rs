@@ -208,12 +208,79 @@ fn failing_run_reports_and_leaves_no_mount_or_container() {
         !mounts.contains(root.to_str().unwrap()),
         "mount left behind: {mounts}"
     );
-    let containers = run("runc", &["list", "-q"]);
+    // `runc list` shows each container's bundle dir; ours live under this test's store root
+    // (other tests may have containers running at the same time).
+    let containers = run("runc", &["list"]);
     assert!(
-        containers.trim().is_empty(),
+        !containers.contains(root.to_str().unwrap()),
         "container left behind: {containers}"
     );
     fails(imgbuild(&root, &["inspect", "failing:1"]));
+}
+
+#[test]
+fn ctrl_c_during_run_kills_the_container_and_cleans_up() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let context = dir.path().join("ctx");
+    write_files(
+        &context,
+        &[(
+            "Dockerfile",
+            "ARG BASE\nFROM ${BASE}\nRUN echo started && sleep 60\n",
+        )],
+    );
+    let build_arg = format!("BASE={}", base_image());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "interrupted:1",
+            "--build-arg",
+            &build_arg,
+        ])
+        .arg(&context)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start imgbuild");
+    // Wait until the RUN's output shows the container is running.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let output_line = line.ends_with(" started") && !line.contains("RUN");
+        seen.push(line);
+        if output_line {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.ends_with(" started")),
+        "the RUN never started: {seen:?}"
+    );
+    let started_at = std::time::Instant::now();
+    run("kill", &["-INT", &child.id().to_string()]);
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        started_at.elapsed() < std::time::Duration::from_secs(30),
+        "Ctrl-C did not stop the RUN"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(root.to_str().unwrap()),
+        "mount left behind: {mounts}"
+    );
+    let containers = run("runc", &["list"]);
+    assert!(
+        !containers.contains(root.to_str().unwrap()),
+        "container left behind: {containers}"
+    );
+    fails(imgbuild(&root, &["inspect", "interrupted:1"]));
 }
 
 #[test]

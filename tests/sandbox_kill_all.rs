@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use imgbuild::sandbox::{self, RunSpec, Runtime, SandboxError};
 
 #[test]
-fn kill_all_containers_stops_a_running_container() {
+fn kill_all_containers_stops_running_containers_and_refuses_new_ones() {
     assert!(
         rustix::process::geteuid().is_root(),
         "needs root: run scripts/test as root"
@@ -38,16 +38,16 @@ fn kill_all_containers_stops_a_running_container() {
     );
     let (started_tx, started_rx) = mpsc::channel();
     let bundles = dir.path().to_path_buf();
+    let worker_runtime = runtime.clone();
+    let worker_spec = spec.clone();
     let worker = std::thread::spawn(move || {
         let mut sent = false;
-        sandbox::run(&runtime, &spec, &bundles, &mut |_| {
+        sandbox::run(&worker_runtime, &worker_spec, &bundles, &mut |_| {
             if !sent {
                 sent = true;
                 let _ = started_tx.send(());
             }
         })
-        .map(|outcome| (outcome, runtime.clone()))
-        .map_err(|e| (e, runtime))
     });
     started_rx
         .recv_timeout(Duration::from_secs(10))
@@ -60,11 +60,20 @@ fn kill_all_containers_stops_a_running_container() {
         "the kill took {:?}",
         began.elapsed()
     );
-    let (outcome, runtime) = result.unwrap_or_else(|(e, _): (SandboxError, Runtime)| panic!("{e}"));
-    assert_eq!(outcome.exit_code, 137, "killed by SIGKILL");
+    let id = match result {
+        Err(SandboxError::Cancelled { id }) => id,
+        other => panic!("expected Cancelled, got {other:?}"),
+    };
     let list = Command::new(&runtime.path)
         .args(["list", "--quiet"])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&list.stdout).contains(&outcome.container_id));
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&id));
+
+    // After an interrupt no new container starts.
+    let refused = sandbox::run(&runtime, &spec, dir.path(), &mut |_| {});
+    assert!(
+        matches!(refused, Err(SandboxError::Cancelled { .. })),
+        "{refused:?}"
+    );
 }

@@ -470,3 +470,31 @@ fn snapshots_unpack_once_atomically_and_list_lowers() {
         0o040000
     );
 }
+
+#[test]
+fn scratch_dirs_hold_an_overlay_and_are_removed_on_drop() {
+    require_root();
+    let root = tempfile::tempdir().unwrap();
+    let snapshots = Snapshots::open(root.path()).unwrap();
+    let base = chain_id(None, &Digest::sha256_of(b"base"));
+    let lower = snapshots
+        .ensure(&base, None, |dir: &Path| {
+            fs::write(dir.join("file"), b"base")
+        })
+        .unwrap();
+    let scratch = snapshots.scratch().unwrap();
+    let kept = scratch.path().to_path_buf();
+    let mount = OverlayMount::mount(
+        &snapshots.lowers(&base).unwrap(),
+        &scratch.upper(),
+        &scratch.work(),
+        &scratch.merged(),
+    )
+    .unwrap();
+    fs::write(scratch.merged().join("file"), b"changed").unwrap();
+    mount.unmount().unwrap();
+    assert_eq!(fs::read(scratch.upper().join("file")).unwrap(), b"changed");
+    assert_eq!(fs::read(lower.join("file")).unwrap(), b"base");
+    drop(scratch);
+    assert!(!kept.exists());
+}

@@ -305,6 +305,9 @@ pub(crate) fn run_step(
         )?;
     }
 
+    if super::interrupted() {
+        return Err("build interrupted".to_string());
+    }
     let mut tail = OutputTail::default();
     let outcome = sandbox::run(ctx.runtime, &spec, scratch.path(), &mut |bytes: &[u8]| {
         tail.push(bytes);

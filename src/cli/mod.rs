@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile (the default subcommand).
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// List images in the local store.
     Images,
     /// Show an image's manifest and config as JSON.
@@ -125,7 +125,7 @@ pub fn main() -> ExitCode {
     let args = with_default_subcommand(std::env::args_os().collect());
     let cli = Cli::parse_from(args);
     let result = match cli.command {
-        Command::Build(args) => open_store(cli.root).and_then(|store| build::run(&store, args)),
+        Command::Build(args) => open_store(cli.root).and_then(|store| build::run(&store, *args)),
         Command::Images => open_store(cli.root).and_then(|store| images::list(&store)),
         Command::Inspect(args) => {
             open_store(cli.root).and_then(|store| images::inspect(&store, args))

@@ -9,7 +9,7 @@ mod plan;
 mod resolve;
 
 pub use error::ContextError;
-pub use plan::{CopyItem, CopyOptions, plan_copy};
+pub use plan::{CopyItem, CopyOptions, CopyPlan, plan_copy, plan_copy_full};
 
 #[cfg(test)]
 mod tests;

@@ -6,12 +6,16 @@
 //!   or several matches, when a source is a directory, or with `--parents`; otherwise a single file is
 //!   written at exactly `dest`. A relative `dest` is relative to the WORKDIR. (If the image already
 //!   has a directory at a file destination, the executor puts the file inside it, as BuildKit does.)
-//! - a directory source copies its CONTENTS: it yields an item for the destination directory itself
-//!   (carrying the source directory's metadata), then everything below it, empty directories included;
+//! - a directory source copies its CONTENTS, everything below it, empty directories included. The
+//!   destination directory itself is NOT taken from the source: BuildKit creates it fresh (mode 0755,
+//!   like other missing parents), so it is reported in [`CopyPlan::fresh_dirs`], not as an item;
 //! - the source path itself is resolved through symlinks (inside the root); entries found inside a
 //!   directory are taken as they are, symlinks as symlinks;
 //! - a wildcard that matches nothing copies nothing (BuildKit's `AllowEmptyWildcard`), while a plain
-//!   path that does not exist, or is hidden by `.dockerignore`, is an error;
+//!   path that does not exist, or is hidden by `.dockerignore`, is an error, and so is a wildcard whose
+//!   directory part (before the first wildcard) does not exist;
+//! - several sources with a destination lacking the trailing `/` go into that directory, as Docker
+//!   documents (BuildKit's overwriting of one file by the next there is its open bug moby/buildkit#1853);
 //! - `--exclude` patterns match paths relative to the source's base (the source itself, or the
 //!   directory before its first wildcard), `.dockerignore` patterns match paths relative to the root.
 
@@ -46,10 +50,21 @@ pub struct CopyItem {
     pub metadata: std::fs::Metadata,
 }
 
-/// Plans a COPY/ADD of local `sources` (unexpanded by the shell, already variable-expanded) from
+/// The full result of planning one COPY/ADD.
+#[derive(Debug, Default)]
+pub struct CopyPlan {
+    /// Entries to write, as [`plan_copy`] returns them.
+    pub items: Vec<CopyItem>,
+    /// Absolute image paths of directories to create (mode 0755, `--chown` applied) when missing,
+    /// even if nothing is copied into them: the destination of each directory source.
+    pub fresh_dirs: Vec<String>,
+}
+
+/// Plans a COPY/ADD of local `sources` (already variable-expanded; URLs, git sources and here-documents
+/// are the executor's, not passed here) from
 /// `root` to `dest` (relative to `workdir` unless absolute). Items come out sorted by image path
 /// component by component (a directory right before its contents), one item per image path (a later
-/// source wins).
+/// source wins). See [`plan_copy_full`] for the directories to create besides the items.
 pub fn plan_copy(
     root: &Path,
     sources: &[String],
@@ -57,6 +72,18 @@ pub fn plan_copy(
     workdir: &str,
     opts: &CopyOptions,
 ) -> Result<Vec<CopyItem>, ContextError> {
+    plan_copy_full(root, sources, dest, workdir, opts).map(|plan| plan.items)
+}
+
+/// [`plan_copy`], also returning the destination directories BuildKit creates fresh (needed for an
+/// empty directory source, whose destination must still exist afterwards).
+pub fn plan_copy_full(
+    root: &Path,
+    sources: &[String],
+    dest: &str,
+    workdir: &str,
+    opts: &CopyOptions,
+) -> Result<CopyPlan, ContextError> {
     if sources.is_empty() {
         return Err(ContextError::NoSources);
     }
@@ -83,6 +110,7 @@ pub fn plan_copy(
         || matches.iter().any(|m| m.metadata.is_dir());
 
     let mut items: BTreeMap<Vec<String>, CopyItem> = BTreeMap::new();
+    let mut fresh_dirs: Vec<String> = Vec::new();
     let mut add = |image_path: String, host_path: PathBuf, metadata: std::fs::Metadata| {
         let key = image_path
             .split('/')
@@ -128,7 +156,13 @@ pub fn plan_copy(
             }
         };
         let is_dir = found.metadata.is_dir();
-        add(target_base.clone(), found.host_path.clone(), found.metadata);
+        if is_dir && !opts.parents {
+            if !fresh_dirs.contains(&target_base) {
+                fresh_dirs.push(target_base.clone());
+            }
+        } else {
+            add(target_base.clone(), found.host_path.clone(), found.metadata);
+        }
         if is_dir {
             let mut below = Vec::new();
             selector.walk_dir(
@@ -143,7 +177,10 @@ pub fn plan_copy(
             }
         }
     }
-    Ok(items.into_values().collect())
+    Ok(CopyPlan {
+        items: items.into_values().collect(),
+        fresh_dirs,
+    })
 }
 
 /// A source path as matched in the root.
@@ -214,8 +251,15 @@ impl Selector<'_> {
                 source_path: source.to_string(),
             })?;
             let mut next = Vec::new();
+            let first = Some(index) == first_wild;
             for candidate in &candidates {
                 let Some(resolved) = resolve_in_root(self.root, candidate, true)? else {
+                    // The directory part before the first wildcard must exist (BuildKit fails on lstat).
+                    if first {
+                        return Err(ContextError::NotFound {
+                            source_path: source.to_string(),
+                        });
+                    }
                     continue;
                 };
                 let dir = host_path(self.root, &resolved);

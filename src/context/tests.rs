@@ -81,14 +81,28 @@ fn directory_copies_its_contents_recursively_with_empty_dirs() {
     let ctx = tree(&["src/main.rs", "src/lib/mod.rs", "src/empty/", "other"]);
     assert_eq!(
         plan_ok(ctx.path(), &["src"], "/app"),
-        vec![
-            "/app",
-            "/app/empty",
-            "/app/lib",
-            "/app/lib/mod.rs",
-            "/app/main.rs"
-        ]
+        vec!["/app/empty", "/app/lib", "/app/lib/mod.rs", "/app/main.rs"]
     );
+}
+
+#[test]
+fn directory_source_destination_is_created_fresh() {
+    let ctx = tree(&["empty/", "full/f"]);
+    let sources = vec!["empty".to_string(), "full".to_string()];
+    let plan = plan_copy_full(ctx.path(), &sources, "/d/", "/", &CopyOptions::default()).unwrap();
+    assert_eq!(plan.fresh_dirs, vec!["/d"]);
+    let paths: Vec<&str> = plan.items.iter().map(|i| i.image_path.as_str()).collect();
+    assert_eq!(paths, vec!["/d/f"]);
+    let plan = plan_copy_full(
+        ctx.path(),
+        &["empty".to_string()],
+        "e",
+        "/w",
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(plan.fresh_dirs, vec!["/w/e"]);
+    assert!(plan.items.is_empty());
 }
 
 #[test]
@@ -96,7 +110,7 @@ fn whole_context_to_workdir() {
     let ctx = tree(&["a", "d/b"]);
     assert_eq!(
         plan_ok(ctx.path(), &["."], "."),
-        vec!["/work", "/work/a", "/work/d", "/work/d/b"]
+        vec!["/work/a", "/work/d", "/work/d/b"]
     );
 }
 
@@ -135,6 +149,11 @@ fn missing_plain_source_is_an_error_but_empty_wildcard_is_not() {
         plan_ok(ctx.path(), &["*.none"], "/d/"),
         Vec::<String>::new()
     );
+    // BuildKit still needs the directory part of a wildcard to exist.
+    assert!(matches!(
+        plan(ctx.path(), &["nodir/*"], "/d/", &CopyOptions::default()),
+        Err(ContextError::NotFound { .. })
+    ));
     assert!(matches!(
         plan(ctx.path(), &[], "/d/", &CopyOptions::default()),
         Err(ContextError::NoSources)
@@ -168,9 +187,13 @@ fn symlinks_inside_directories_stay_symlinks() {
     )
     .unwrap();
     let names: Vec<&str> = items.iter().map(|i| i.image_path.as_str()).collect();
-    assert_eq!(names, vec!["/x", "/x/abs", "/x/link", "/x/target"]);
+    assert_eq!(names, vec!["/x/abs", "/x/link", "/x/target"]);
+    assert!(items[0].metadata.file_type().is_symlink());
     assert!(items[1].metadata.file_type().is_symlink());
-    assert!(items[2].metadata.file_type().is_symlink());
+    assert_eq!(
+        std::fs::read_link(&items[1].host_path).unwrap(),
+        Path::new("target")
+    );
 }
 
 #[test]
@@ -178,7 +201,7 @@ fn a_symlink_source_is_followed_inside_the_root() {
     let ctx = tree(&["real/f"]);
     symlink("real", ctx.path().join("link")).unwrap();
     symlink("/real/f", ctx.path().join("abs-link")).unwrap();
-    assert_eq!(plan_ok(ctx.path(), &["link"], "/x"), vec!["/x", "/x/f"]);
+    assert_eq!(plan_ok(ctx.path(), &["link"], "/x"), vec!["/x/f"]);
     let items = plan_copy(
         ctx.path(),
         &["abs-link".to_string()],
@@ -212,7 +235,7 @@ fn dockerignore_hides_files_as_if_absent() {
     };
     assert_eq!(
         plan(ctx.path(), &["."], "/app", &opts).unwrap(),
-        vec!["/app", "/app/docs", "/app/docs/README.md", "/app/keep.txt"]
+        vec!["/app/docs", "/app/docs/README.md", "/app/keep.txt"]
     );
     assert!(matches!(
         plan(ctx.path(), &["secret.txt"], "/x", &opts),
@@ -244,7 +267,7 @@ fn excludes_match_relative_to_the_source_base() {
     );
     assert_eq!(
         plan(ctx.path(), &["src"], "/s", &opts).unwrap(),
-        vec!["/s", "/s/b.rs", "/s/sub", "/s/sub/c.txt"]
+        vec!["/s/b.rs", "/s/sub", "/s/sub/c.txt"]
     );
     let deep = vec!["**/*.txt".to_string()];
     let opts = CopyOptions {
@@ -253,7 +276,7 @@ fn excludes_match_relative_to_the_source_base() {
     };
     assert_eq!(
         plan(ctx.path(), &["src"], "/s", &opts).unwrap(),
-        vec!["/s", "/s/b.rs", "/s/sub"]
+        vec!["/s/b.rs", "/s/sub"]
     );
 }
 
@@ -299,7 +322,7 @@ fn later_sources_win_for_the_same_image_path() {
     .unwrap();
     let f = items.iter().find(|i| i.image_path == "/d/f").unwrap();
     assert_eq!(f.host_path, ctx.path().join("two/f"));
-    assert_eq!(items.len(), 2);
+    assert_eq!(items.len(), 1);
 }
 
 #[test]
@@ -318,4 +341,105 @@ fn bad_wildcard_and_exclude_are_errors() {
         plan(ctx.path(), &["a"], "/d/", &opts),
         Err(ContextError::BadExclude(_))
     ));
+}
+
+/// The context and `.dockerignore` of a real `docker build` (BuildKit, Docker 20.10) run with
+/// `COPY . /`; the expected list is what that build produced.
+#[test]
+fn matches_docker_buildkit_on_a_mixed_dockerignore() {
+    let ctx = tree(&[
+        "docs/README.md",
+        "docs/other.md",
+        "docs/sub/README.md",
+        "logs/1.log",
+        "a/b/c/keep.go",
+        "a/b/c/drop.txt",
+        "node_modules/x/i.js",
+        "foo/f",
+        "xfoo/f",
+        "top.md",
+        "README.md",
+        "README-secret.md",
+        "tempa",
+        "temp",
+        "somefile.go",
+        ".hidden",
+        "somedir/temporary.txt",
+        "somedir/subdir/temp1",
+        "somedir/temp/in",
+        "Dockerfile",
+    ]);
+    let rules = "# comment\n*/temp*\n*/*/temp*\ntemp?\ndocs\n!docs/README.md\nlogs/\n**/*.txt\nnode_modules\n\
+                 **/foo\n*.md\n!README*.md\nREADME-secret.md\n";
+    std::fs::write(ctx.path().join(".dockerignore"), rules).unwrap();
+    let ignore =
+        crate::dockerfile::ignore::load_for_build(ctx.path(), &ctx.path().join("Dockerfile"))
+            .unwrap();
+    let opts = CopyOptions {
+        ignore: Some(&ignore),
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(ctx.path(), &["."], "/", &opts).unwrap(),
+        vec![
+            "/.dockerignore",
+            "/.hidden",
+            "/Dockerfile",
+            "/README.md",
+            "/a",
+            "/a/b",
+            "/a/b/c",
+            "/a/b/c/keep.go",
+            "/docs",
+            "/docs/README.md",
+            "/somedir",
+            "/somedir/subdir",
+            "/somefile.go",
+            "/temp",
+            "/xfoo",
+            "/xfoo/f",
+        ]
+    );
+}
+
+/// COPY forms checked against a real `docker build` (BuildKit, Docker 20.10); the executor adds the
+/// missing parents of each destination (such as `/w1`).
+#[test]
+fn matches_docker_buildkit_on_copy_forms() {
+    let ctx = tree(&["a/b/c/keep.go", "somefile.go", "d1/e/x", "d2/y"]);
+    symlink("a/b", ctx.path().join("linkdir")).unwrap();
+    symlink("somefile.go", ctx.path().join("linkfile")).unwrap();
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (&["*.go"], "/w1/", &["/w1/somefile.go"]),
+        (&["a"], "/w2", &["/w2/b", "/w2/b/c", "/w2/b/c/keep.go"]),
+        (&["a/b/c/keep.go"], "/w3", &["/w3"]),
+        (&["d?"], "/w4/", &["/w4/e", "/w4/e/x", "/w4/y"]),
+        (&["linkdir"], "/w5", &["/w5/c", "/w5/c/keep.go"]),
+        (&["linkfile"], "/w6", &["/w6"]),
+        (&["d1", "d2"], "/w7", &["/w7/e", "/w7/e/x", "/w7/y"]),
+        (
+            &["link*"],
+            "/w8/",
+            &["/w8/c", "/w8/c/keep.go", "/w8/linkfile"],
+        ),
+    ];
+    for (sources, dest, expected) in cases {
+        assert_eq!(
+            plan_ok(ctx.path(), sources, dest),
+            *expected,
+            "COPY {sources:?} {dest}"
+        );
+    }
+    let items = plan_copy(
+        ctx.path(),
+        &["linkfile".to_string()],
+        "/w6",
+        "/",
+        &CopyOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        items[0].metadata.is_file(),
+        "a symlink named as the source is followed"
+    );
 }

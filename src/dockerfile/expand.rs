@@ -22,17 +22,31 @@ pub struct ExpandError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lexer {
     escape: char,
+    /// Quotes are ordinary characters (here-document bodies are scripts, not Dockerfile words).
+    skip_quotes: bool,
 }
 
 impl Default for Lexer {
     fn default() -> Self {
-        Lexer { escape: '\\' }
+        Lexer::new('\\')
     }
 }
 
 impl Lexer {
     pub fn new(escape: char) -> Self {
-        Lexer { escape }
+        Lexer {
+            escape,
+            skip_quotes: false,
+        }
+    }
+
+    /// The lexer BuildKit uses for a here-document body whose delimiter is unquoted: only `$`
+    /// expansions and `\` escapes are processed; quotes stay as written.
+    pub fn for_heredoc() -> Self {
+        Lexer {
+            escape: '\\',
+            skip_quotes: true,
+        }
     }
 
     /// Expands `word` as one word (whitespace kept), removing quotes and escapes.
@@ -62,6 +76,7 @@ impl Lexer {
             chars: word.chars().collect(),
             pos: 0,
             escape: self.escape,
+            skip_quotes: self.skip_quotes,
             lookup,
         };
         scanner
@@ -120,6 +135,7 @@ struct Scanner<'l> {
     chars: Vec<char>,
     pos: usize,
     escape: char,
+    skip_quotes: bool,
     lookup: &'l dyn Fn(&str) -> Option<String>,
 }
 
@@ -151,12 +167,12 @@ impl Scanner<'_> {
                 return Ok((result, words.finish()));
             }
             match c {
-                '\'' => {
+                '\'' if !self.skip_quotes => {
                     let text = self.single_quoted()?;
                     result.push_str(&text);
                     words.add_raw_str(&text);
                 }
-                '"' => {
+                '"' if !self.skip_quotes => {
                     let text = self.double_quoted()?;
                     result.push_str(&text);
                     words.add_raw_str(&text);

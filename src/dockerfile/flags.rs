@@ -35,6 +35,8 @@ pub(crate) struct Flags {
     bools: HashMap<&'static str, bool>,
     singles: HashMap<&'static str, String>,
     repeated: HashMap<&'static str, Vec<String>>,
+    /// Byte offset of each flag given (the last one for repeated flags).
+    offsets: HashMap<&'static str, usize>,
 }
 
 impl Flags {
@@ -57,6 +59,7 @@ impl Flags {
                 return Err(error(format!("duplicate flag specified: {name}")));
             }
             seen.push(name);
+            flags.offsets.insert(name, flag.offset);
             match kind {
                 FlagKind::Bool => {
                     let value = match flag.value {
@@ -94,6 +97,30 @@ impl Flags {
         self.bools.get(name).copied()
     }
 
+    /// Where flag `name` was written, if it was.
+    pub(crate) fn offset(&self, name: &str) -> Option<usize> {
+        self.offsets.get(name).copied()
+    }
+
+    /// Checks the value of single flag `name` (if given) with `valid`; values with `$` are left to be
+    /// checked after expansion at build time.
+    pub(crate) fn check_value(
+        &self,
+        name: &str,
+        valid: fn(&str) -> bool,
+        want: &str,
+    ) -> Result<(), FlagError> {
+        match (self.singles.get(name), self.offset(name)) {
+            (Some(value), Some(offset)) if !value.contains('$') && !valid(value) => {
+                Err(FlagError {
+                    offset,
+                    message: format!("invalid value for --{name}: {value:?} ({want})"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn single(&self, name: &str) -> Option<String> {
         self.singles.get(name).cloned()
     }
@@ -101,6 +128,32 @@ impl Flags {
     pub(crate) fn repeated(&self, name: &str) -> Vec<String> {
         self.repeated.get(name).cloned().unwrap_or_default()
     }
+}
+
+/// A `--chmod` value: octal (`755`, `0644`) or symbolic clauses (`u+x`, `go-w,a+r`).
+pub(crate) fn is_valid_chmod(value: &str) -> bool {
+    let octal = (1..=4).contains(&value.len()) && value.chars().all(|c| ('0'..='7').contains(&c));
+    let symbolic = value.split(',').all(|clause| {
+        let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+        ops.starts_with(['+', '-', '='])
+            && ops.chars().all(|c| {
+                matches!(
+                    c,
+                    '+' | '-' | '=' | 'r' | 'w' | 'x' | 'X' | 's' | 't' | 'u' | 'g' | 'o'
+                )
+            })
+    });
+    octal || (!value.is_empty() && symbolic)
+}
+
+/// A `RUN --network` value.
+pub(crate) fn is_valid_network(value: &str) -> bool {
+    matches!(value, "default" | "none" | "host")
+}
+
+/// A `RUN --security` value.
+pub(crate) fn is_valid_security(value: &str) -> bool {
+    matches!(value, "sandbox" | "insecure")
 }
 
 #[cfg(test)]
@@ -162,6 +215,16 @@ mod tests {
         let err = Flags::validate(&[raw("from", Some("a")), raw("from", Some("b"))], COPY_LIKE)
             .unwrap_err();
         assert_eq!(err.message, "duplicate flag specified: from");
+    }
+
+    #[test]
+    fn chmod_values() {
+        for good in ["755", "0644", "7", "u+x", "go-w,a+r", "a=rX", "u=g"] {
+            assert!(is_valid_chmod(good), "{good}");
+        }
+        for bad in ["", "888", "07555", "abc", "u", "u+q", "+x,"] {
+            assert!(!is_valid_chmod(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod error;
 pub mod expand;
 mod flags;
 pub mod glob;
+mod heredoc;
 pub mod ignore;
 pub mod model;
 mod parse;

@@ -10,7 +10,14 @@
 //! `ONBUILD` (its trigger is stored raw: expand it when it runs in the child build, like any instruction of
 //! its kind), and `ARG` defaults. `RUN`, `CMD`, `ENTRYPOINT`, `SHELL` and `HEALTHCHECK` are NOT expanded: the shell does it
 //! at run time. `RUN --mount`/`--network` values are expanded too by BuildKit.
-//! Here-documents are expanded only when `HereDoc::expand` is true (the delimiter was not quoted).
+//! `COPY`/`ADD` here-documents are expanded only when `HereDoc::expand` is true (the delimiter was not
+//! quoted), with [`super::expand::Lexer::for_heredoc`] (quotes kept); `RUN` here-documents are left to
+//! the shell.
+//!
+//! ARG rules (Docker's): global ARGs (before the first FROM) are visible only to FROM lines; inside a
+//! stage, `ARG NAME` without a default takes the global ARG's value, and `--build-arg` values override
+//! defaults. An ARG value is usable by later instructions of its stage (and is in RUN's environment),
+//! but an ENV of the same name wins over it.
 
 use std::fmt;
 

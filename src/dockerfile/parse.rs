@@ -5,7 +5,10 @@ use parse_dockerfile as syntax;
 
 use super::duration::parse_go_duration;
 use super::error::{DockerfileError, line_column};
-use super::flags::{FlagError, FlagKind, Flags, RawFlag};
+use super::flags::{
+    FlagError, FlagKind, Flags, RawFlag, is_valid_chmod, is_valid_network, is_valid_security,
+};
+use super::heredoc::complete_run_heredocs;
 use super::model::*;
 use super::words::{split_arg_decls, split_name_values};
 
@@ -42,7 +45,10 @@ const HEALTHCHECK_FLAGS: &[(&str, FlagKind)] = &[
 
 /// Parses Dockerfile `text`; `file_label` names the file in error locations (e.g. `Dockerfile`).
 pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError> {
-    let tree = syntax::parse(text).map_err(|e| syntax_error(text, file_label, &e))?;
+    let completed = complete_run_heredocs(text, file_label)?;
+    let original = text;
+    let text = completed.text.as_str();
+    let tree = syntax::parse(text).map_err(|e| syntax_error(original, file_label, &e))?;
     let escape = tree
         .parser_directives
         .escape
@@ -53,6 +59,8 @@ pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError
         file: file_label,
         escape,
         starts: instruction_starts(&tree.instructions),
+        original,
+        extra_heredocs: completed.extra,
     };
 
     let global_args = tree
@@ -73,7 +81,7 @@ pub fn parse(text: &str, file_label: &str) -> Result<Dockerfile, DockerfileError
             let at = &stage.location;
             return Err(DockerfileError::at(
                 file_label,
-                text,
+                original,
                 at.line,
                 at.column,
                 format!("duplicate stage name {name:?}"),
@@ -135,7 +143,12 @@ fn keyword_span(instruction: &syntax::Instruction<'_>) -> syntax::Span {
 }
 
 struct Converter<'t> {
+    /// The text the crate parsed (extra RUN here-document bodies blanked out).
     text: &'t str,
+    /// The Dockerfile as written, for the source lines shown with errors.
+    original: &'t str,
+    /// RUN here-documents the crate did not read, by the RUN's line.
+    extra_heredocs: std::collections::HashMap<usize, Vec<HereDoc>>,
     file: &'t str,
     escape: char,
     starts: Vec<usize>,
@@ -144,7 +157,7 @@ struct Converter<'t> {
 impl Converter<'_> {
     fn error_at(&self, offset: usize, message: impl Into<String>) -> DockerfileError {
         let (line, column) = line_column(self.text, offset);
-        DockerfileError::at(self.file, self.text, line, column, message)
+        DockerfileError::at(self.file, self.original, line, column, message)
     }
 
     fn location(&self, offset: usize) -> Location {
@@ -173,30 +186,7 @@ impl Converter<'_> {
         {
             lines.pop();
         }
-        let mut joined = String::new();
-        let mut continued = false;
-        for line in lines {
-            if continued && line.trim_start().starts_with('#') {
-                continue;
-            }
-            let trimmed = line.trim_end();
-            match trimmed.strip_suffix(self.escape) {
-                Some(head) => {
-                    joined.push_str(head);
-                    continued = true;
-                }
-                None => {
-                    if continued || joined.is_empty() {
-                        joined.push_str(line);
-                    } else {
-                        joined.push('\n');
-                        joined.push_str(line);
-                    }
-                    continued = false;
-                }
-            }
-        }
-        joined.trim_end().to_string()
+        join_continuations(&lines.join("\n"), self.escape)
     }
 
     fn flags(
@@ -214,6 +204,11 @@ impl Converter<'_> {
             .collect();
         Flags::validate(&raw, allowed)
             .map_err(|FlagError { offset, message }| self.error_at(offset, message))
+    }
+
+    /// Turns a flag check into a located error.
+    fn check(&self, result: Result<(), FlagError>) -> Result<(), DockerfileError> {
+        result.map_err(|FlagError { offset, message }| self.error_at(offset, message))
     }
 
     fn arg_decls(&self, arg: &syntax::ArgInstruction<'_>) -> Result<Vec<ArgDecl>, DockerfileError> {
@@ -273,11 +268,21 @@ impl Converter<'_> {
             I::Run(run) => Instruction::Run(self.run(run)?),
             I::Copy(copy) => {
                 let flags = self.flags(&copy.options, COPY_FLAGS)?;
+                self.check(flags.check_value(
+                    "chmod",
+                    is_valid_chmod,
+                    "an octal mode like 0755, or u+x",
+                ))?;
                 let sources = self.copy_sources(&copy.copy, &copy.src);
                 Instruction::Copy(copy_instr(sources, &copy.dest.value, &flags))
             }
             I::Add(add) => {
                 let flags = self.flags(&add.options, ADD_FLAGS)?;
+                self.check(flags.check_value(
+                    "chmod",
+                    is_valid_chmod,
+                    "an octal mode like 0755, or u+x",
+                ))?;
                 let sources = self.copy_sources(&add.add, &add.src);
                 Instruction::Add(copy_instr(sources, &add.dest.value, &flags))
             }
@@ -305,13 +310,23 @@ impl Converter<'_> {
                     list.iter().map(|a| a.value.to_string()).collect()
                 }
             }),
-            I::Cmd(c) => Instruction::Cmd(command_form(&c.arguments)),
-            I::Entrypoint(e) => Instruction::Entrypoint(command_form(&e.arguments)),
+            I::Cmd(c) => Instruction::Cmd(command_form(&c.arguments, self.escape)),
+            I::Entrypoint(e) => Instruction::Entrypoint(command_form(&e.arguments, self.escape)),
             I::Shell(s) => {
                 Instruction::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect())
             }
             I::Healthcheck(h) => Instruction::Healthcheck(self.healthcheck(h)?),
             I::Onbuild(o) => {
+                let forbidden = match &*o.instruction {
+                    I::From(_) => Some("FROM"),
+                    I::Maintainer(_) => Some("MAINTAINER"),
+                    _ => None,
+                };
+                if let Some(name) = forbidden {
+                    return Err(
+                        self.error_at(start, format!("{name} isn't allowed as an ONBUILD trigger"))
+                    );
+                }
                 let text = self.source_text(start);
                 let keyword_len = o.onbuild.span.len();
                 Instruction::Onbuild(
@@ -328,8 +343,10 @@ impl Converter<'_> {
 
     fn run(&self, run: &syntax::RunInstruction<'_>) -> Result<RunInstr, DockerfileError> {
         let flags = self.flags(&run.options, RUN_FLAGS)?;
-        let (command, heredocs) = if run.here_docs.is_empty() {
-            (command_form(&run.arguments), Vec::new())
+        self.check(flags.check_value("network", is_valid_network, "default, none or host"))?;
+        self.check(flags.check_value("security", is_valid_security, "sandbox or insecure"))?;
+        let (command, mut heredocs) = if run.here_docs.is_empty() {
+            (command_form(&run.arguments, self.escape), Vec::new())
         } else {
             // The crate puts only the text after the delimiter in `arguments`; rebuild the whole first line.
             let after_keyword = run.run.span.end;
@@ -342,6 +359,15 @@ impl Converter<'_> {
             let heredocs = self.name_heredocs(line, run.here_docs.iter());
             (CommandForm::Shell(line.to_string()), heredocs)
         };
+        let line = line_column(self.text, run.run.span.start).0;
+        if let Some(extra) = self.extra_heredocs.get(&line) {
+            heredocs.extend(extra.iter().cloned());
+        }
+        if heredocs.is_empty()
+            && matches!(&command, CommandForm::Shell(line) if line.trim().is_empty())
+        {
+            return Err(self.error_at(run.run.span.start, "RUN requires at least one argument"));
+        }
         Ok(RunInstr {
             command,
             heredocs,
@@ -451,7 +477,7 @@ impl Converter<'_> {
                     })?),
                 };
                 Ok(Healthcheck::Cmd {
-                    test: command_form(arguments),
+                    test: command_form(arguments, self.escape),
                     interval: duration("interval")?,
                     timeout: duration("timeout")?,
                     start_period: duration("start-period")?,
@@ -462,6 +488,33 @@ impl Converter<'_> {
             _ => Err(self.error_at(h.healthcheck.span.start, "unsupported HEALTHCHECK form")),
         }
     }
+}
+
+/// Joins continuation lines as Docker does: an escape character ending a line is removed together with
+/// the newline, and comment lines inside the continuation are dropped; other newlines (here-document
+/// bodies) stay.
+fn join_continuations(raw: &str, escape: char) -> String {
+    let mut joined = String::new();
+    let mut continued = false;
+    for line in raw.lines() {
+        if continued && line.trim_start().starts_with('#') {
+            continue;
+        }
+        if !continued && !joined.is_empty() {
+            joined.push('\n');
+        }
+        match line.trim_end().strip_suffix(escape) {
+            Some(head) => {
+                joined.push_str(head);
+                continued = true;
+            }
+            None => {
+                joined.push_str(line);
+                continued = false;
+            }
+        }
+    }
+    joined.trim_end().to_string()
 }
 
 /// `<<EOF`, `<<-EOF`, `<<"EOF"` -> (name without quotes, strip_tabs).
@@ -478,12 +531,12 @@ fn heredoc_word(word: &str) -> Option<(String, bool)> {
     (!name.is_empty()).then_some((name, strip_tabs))
 }
 
-fn command_form(command: &syntax::Command<'_>) -> CommandForm {
+fn command_form(command: &syntax::Command<'_>, escape: char) -> CommandForm {
     match command {
         syntax::Command::Exec(list) => {
             CommandForm::Exec(list.value.iter().map(|a| a.value.to_string()).collect())
         }
-        syntax::Command::Shell(text) => CommandForm::Shell(text.value.to_string()),
+        syntax::Command::Shell(text) => CommandForm::Shell(join_continuations(text.value, escape)),
         _ => CommandForm::Shell(String::new()),
     }
 }

@@ -422,3 +422,340 @@ fn unterminated_heredoc_is_an_error() {
     let e = err("FROM scratch\nRUN <<EOF\necho\n");
     assert!(e.message.contains("EOF"), "{}", e.message);
 }
+
+#[test]
+fn run_heredoc_after_the_command() {
+    let d = parse_ok("FROM scratch\nRUN cat <<EOF > /greeting\nhello $NAME\nEOF\nRUN true\n");
+    let instructions = &d.stages[0].instructions;
+    assert_eq!(instructions.len(), 2);
+    let Instruction::Run(run) = &instructions[0].instruction else {
+        panic!("not RUN")
+    };
+    assert_eq!(
+        run.command,
+        CommandForm::Shell("cat <<EOF > /greeting".into())
+    );
+    assert_eq!(
+        run.heredocs,
+        vec![HereDoc {
+            name: "EOF".into(),
+            content: "hello $NAME\n".into(),
+            expand: true,
+            strip_tabs: false
+        }]
+    );
+    assert_eq!(
+        run.shell_script().as_deref(),
+        Some("cat <<EOF > /greeting\nhello $NAME\nEOF")
+    );
+    assert_eq!(instructions[1].location.line, 5);
+}
+
+#[test]
+fn run_with_two_heredocs() {
+    let Instruction::Run(run) =
+        only_instruction("FROM scratch\nRUN <<A <<'B'\necho a\nA\necho $b\nB\n")
+    else {
+        panic!("not RUN")
+    };
+    assert_eq!(run.command, CommandForm::Shell("<<A <<'B'".into()));
+    let names: Vec<(&str, &str, bool)> = run
+        .heredocs
+        .iter()
+        .map(|d| (d.name.as_str(), d.content.as_str(), d.expand))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("A", "echo a\n", true), ("B", "echo $b\n", false)]
+    );
+}
+
+#[test]
+fn unterminated_heredoc_after_command_is_an_error() {
+    let e = err("FROM scratch\nRUN cat <<EOF\nhello\n");
+    assert_eq!(e.location.line, 2);
+    assert!(e.message.contains("EOF"), "{}", e.message);
+    assert_eq!(e.source_line, "RUN cat <<EOF");
+}
+
+#[test]
+fn line_continuations_are_joined_like_docker() {
+    let d = parse_ok(
+        "FROM scratch\nRUN echo a \\\n    b \\\n# comment\n  c\nCMD echo x \\\n  y\nENV A=1 \\\n  B=2\nWORKDIR /a\\\nb\n",
+    );
+    let instructions: Vec<&Instruction> = d.stages[0]
+        .instructions
+        .iter()
+        .map(|i| &i.instruction)
+        .collect();
+    assert_eq!(
+        instructions,
+        vec![
+            &Instruction::Run(RunInstr {
+                command: CommandForm::Shell("echo a     b   c".into()),
+                heredocs: vec![],
+                mounts: vec![],
+                network: None,
+                security: None
+            }),
+            &Instruction::Cmd(CommandForm::Shell("echo x   y".into())),
+            &Instruction::Env(vec![("A".into(), "1".into()), ("B".into(), "2".into())]),
+            &Instruction::Workdir("/ab".into()),
+        ]
+    );
+    assert_eq!(
+        d.stages[0].instructions[0].source_text,
+        "RUN echo a     b   c"
+    );
+}
+
+#[test]
+fn realistic_multistage_fixture() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/dockerfile/multistage.Dockerfile"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let d = parse(&text, "multistage.Dockerfile").unwrap();
+    assert_eq!(d.global_args.len(), 2);
+    assert_eq!(d.stages.len(), 2);
+    let build = &d.stages[0];
+    assert_eq!(build.name.as_deref(), Some("build-env"));
+    assert_eq!(build.base, "${BASE}");
+    assert_eq!(build.location.line, 7);
+    let kinds: Vec<&str> = build
+        .instructions
+        .iter()
+        .map(|i| match &i.instruction {
+            Instruction::Arg(_) => "ARG",
+            Instruction::Env(_) => "ENV",
+            Instruction::Workdir(_) => "WORKDIR",
+            Instruction::Copy(_) => "COPY",
+            Instruction::Run(_) => "RUN",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["ARG", "ENV", "WORKDIR", "COPY", "COPY", "RUN"]);
+    assert_eq!(
+        build.instructions[1].instruction,
+        Instruction::Env(vec![
+            ("CGO_ENABLED".into(), "0".into()),
+            ("GOFLAGS".into(), "\"-mod=vendor -trimpath\"".into())
+        ])
+    );
+    let Instruction::Copy(copy) = &build.instructions[3].instruction else {
+        panic!()
+    };
+    assert_eq!(copy.excludes, vec!["*_test.go"]);
+    assert_eq!(copy.dest, "./");
+    let Instruction::Run(run) = &build.instructions[5].instruction else {
+        panic!()
+    };
+    assert_eq!(run.network.as_deref(), Some("none"));
+    assert_eq!(
+        run.command,
+        CommandForm::Shell("echo building &&     echo done".into())
+    );
+    assert_eq!(build.instructions[5].location.line, 15);
+
+    let app = &d.stages[1];
+    assert!(app.name.is_none());
+    let Instruction::Copy(conf) = &app.instructions[2].instruction else {
+        panic!()
+    };
+    assert_eq!(conf.from, None);
+    assert_eq!(
+        conf.sources,
+        vec![CopySource::HereDoc(HereDoc {
+            name: "EOF".into(),
+            content: "listen=:8080\n".into(),
+            expand: true,
+            strip_tabs: true
+        })]
+    );
+    let Instruction::Copy(bin) = &app.instructions[1].instruction else {
+        panic!()
+    };
+    assert_eq!(
+        (bin.from.as_deref(), bin.chmod.as_deref()),
+        (Some("build-env"), Some("0755"))
+    );
+    let onbuild = app.instructions.iter().find_map(|i| match &i.instruction {
+        Instruction::Onbuild(trigger) => Some(trigger.as_str()),
+        _ => None,
+    });
+    assert_eq!(onbuild, Some("RUN echo child     build"));
+    assert_eq!(
+        app.instructions.last().unwrap().instruction,
+        Instruction::Cmd(CommandForm::Exec(vec!["serve".into()]))
+    );
+}
+
+#[test]
+fn forbidden_onbuild_triggers_and_empty_run_are_errors() {
+    let e = err("FROM scratch\nONBUILD FROM x\n");
+    assert_eq!((e.location.line, e.location.column), (2, 1));
+    assert_eq!(e.message, "FROM isn't allowed as an ONBUILD trigger");
+    assert_eq!(
+        err("FROM scratch\nONBUILD MAINTAINER me\n").message,
+        "MAINTAINER isn't allowed as an ONBUILD trigger"
+    );
+    assert!(
+        err("FROM scratch\nONBUILD ONBUILD RUN x\n")
+            .message
+            .contains("ONBUILD")
+    );
+    assert_eq!(
+        err("FROM scratch\nRUN\n").message,
+        "RUN requires at least one argument"
+    );
+}
+
+#[test]
+fn bad_chmod_network_and_security_values_are_errors() {
+    let e = err("FROM scratch\nCOPY --chmod=abc a /b\n");
+    assert_eq!((e.location.line, e.location.column), (2, 6));
+    assert!(e.message.contains("--chmod"), "{}", e.message);
+    assert!(
+        err("FROM scratch\nADD --chmod=999 a /b\n")
+            .message
+            .contains("--chmod")
+    );
+    assert!(
+        parse("FROM scratch\nCOPY --chmod=$MODE a /b\n", "Dockerfile").is_ok(),
+        "checked after expansion"
+    );
+    assert!(
+        err("FROM scratch\nRUN --network=bridge true\n")
+            .message
+            .contains("--network")
+    );
+    assert!(
+        err("FROM scratch\nRUN --security=root true\n")
+            .message
+            .contains("--security")
+    );
+}
+
+/// ENV/LABEL parsing plus expansion, applied the way the executor must (each line expanded with the
+/// environment before it), against what a real `docker build` (BuildKit, Docker 20.10) stored.
+#[test]
+fn env_and_label_values_match_docker_buildkit() {
+    let text = r#"FROM scratch
+ARG A=x
+ENV B="hello world" C=${A:-z}'q' D=\$A E='$A' F="a\"b" G=a\ b
+ENV legacy  some value "q" \$A
+ENV A=1 H=$A
+LABEL "k k"="v v" k2=$A k3="${NOPE:-d e}"
+"#;
+    let d = parse_ok(text);
+    let lexer = Lexer::new(d.escape);
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut labels: Vec<(String, String)> = Vec::new();
+    let lookup_in = |env: &Vec<(String, String)>, name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for located in &d.stages[0].instructions {
+        let before = env.clone();
+        let lookup = |name: &str| lookup_in(&before, name);
+        let expand = |word: &str| lexer.process_word(word, &lookup).unwrap();
+        match &located.instruction {
+            Instruction::Arg(decls) => {
+                for decl in decls {
+                    env.push((
+                        decl.name.clone(),
+                        expand(decl.default.as_deref().unwrap_or("")),
+                    ));
+                }
+            }
+            Instruction::Env(pairs) => {
+                env.extend(pairs.iter().map(|(k, v)| (expand(k), expand(v))))
+            }
+            Instruction::Label(pairs) => {
+                labels.extend(pairs.iter().map(|(k, v)| (expand(k), expand(v))))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let final_env: Vec<String> = env
+        .iter()
+        .skip(1)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(
+        final_env,
+        vec![
+            "B=hello world",
+            "C=xq",
+            "D=$A",
+            "E=$A",
+            "F=a\"b",
+            "G=a b",
+            "legacy=some value q $A",
+            "A=1",
+            "H=x"
+        ]
+    );
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(labels, vec!["k k=v v", "k2=1", "k3=d e"]);
+}
+
+/// WORKDIR/EXPOSE/VOLUME/USER/STOPSIGNAL values expanded as the executor must, against what a real
+/// `docker build` (BuildKit, Docker 20.10) stored in the image config.
+#[test]
+fn other_expanded_values_match_docker_buildkit() {
+    let text = r#"FROM scratch
+WORKDIR "/a b/$D"
+EXPOSE 80 "8080/udp" ${P}/tcp
+VOLUME ["/v1", "/$D"]
+VOLUME /x/$D /y
+USER "$P":'0'
+STOPSIGNAL "SIG$S"
+"#;
+    let d = parse_ok(text);
+    let lexer = Lexer::new(d.escape);
+    let vars = [("P", "9000"), ("D", "data"), ("S", "TERM")];
+    let lookup = |name: &str| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let word = |w: &str| lexer.process_word(w, &lookup).unwrap();
+    let mut seen = Vec::new();
+    for located in &d.stages[0].instructions {
+        match &located.instruction {
+            Instruction::Workdir(w) => seen.push(format!("WORKDIR {}", word(w))),
+            Instruction::Expose(ports) => {
+                for port in ports {
+                    for p in lexer.process_words(port, &lookup).unwrap() {
+                        seen.push(format!("EXPOSE {p}"));
+                    }
+                }
+            }
+            Instruction::Volume(paths) => {
+                seen.extend(paths.iter().map(|p| format!("VOLUME {}", word(p))))
+            }
+            Instruction::User(u) => seen.push(format!("USER {}", word(u))),
+            Instruction::Stopsignal(s) => seen.push(format!("STOPSIGNAL {}", word(s))),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            "WORKDIR /a b/data",
+            "EXPOSE 80",
+            "EXPOSE 8080/udp",
+            "EXPOSE 9000/tcp",
+            "VOLUME /v1",
+            "VOLUME /data",
+            "VOLUME /x/data",
+            "VOLUME /y",
+            "USER 9000:0",
+            "STOPSIGNAL SIGTERM"
+        ]
+    );
+}

@@ -1,1 +1,249 @@
 //! The registry server (`imgbuild serve`): OCI distribution-spec v1.1 over a Storage trait.
+//!
+//! Layering: `routes` (HTTP shapes) -> `service` (spec rules) -> `storage` (persistence).
+//! This module wires them into an axum router with the cross-cutting layers (API version
+//! header, metrics, tracing, timeouts) and runs it with graceful shutdown.
+
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod metrics;
+pub mod name;
+pub mod routes;
+pub mod service;
+pub mod storage;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::serve::ListenerExt as _;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+
+pub use config::RegistryConfig;
+use metrics::Metrics;
+use service::Registry;
+use storage::{FilesystemStorage, Storage, StorageError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("opening registry data directory {path}: {source}")]
+    Storage {
+        path: std::path::PathBuf,
+        #[source]
+        source: StorageError,
+    },
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Builds the HTTP application over `storage`.
+pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(routes::AppState {
+        registry: Registry::new(storage, metrics.clone()),
+        request_timeout: config.request_timeout,
+    });
+    Router::new()
+        .route("/v2", any(routes::dispatch))
+        .route("/v2/", any(routes::dispatch))
+        .route("/v2/{*rest}", any(routes::dispatch))
+        .route("/healthz", get(health))
+        .route("/metrics", get(render_metrics))
+        .fallback(|request: Request| async move { routes::not_found(request.uri().path()) })
+        .with_state(state)
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            config.body_idle_timeout,
+        ))
+        .layer(middleware::from_fn(limit_headers))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            api_version_and_metrics,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+}
+
+/// `/healthz`: 200 when the data directory answers.
+async fn health(State(state): State<Arc<routes::AppState>>) -> Response {
+    match state.registry.storage().upload_count().await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}\n")).into_response(),
+    }
+}
+
+async fn render_metrics(State(state): State<Arc<routes::AppState>>) -> Response {
+    let open_uploads = state.registry.storage().upload_count().await.unwrap_or(0);
+    let text = state.registry.metrics().render(open_uploads);
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// Most request headers accepted (hyper's own cap is 100).
+const MAX_HEADER_COUNT: usize = 64;
+/// Most bytes of request header names and values accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuses requests with too many or too large headers with 431.
+async fn limit_headers(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADER_COUNT || bytes > MAX_HEADER_BYTES {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "at most {MAX_HEADER_COUNT} headers and {MAX_HEADER_BYTES} bytes of headers are accepted\n"
+            ),
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Adds `Docker-Distribution-API-Version` to every response and counts it.
+async fn api_version_and_metrics(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let route = match path {
+        "/metrics" => "metrics",
+        "/healthz" => "health",
+        _ => routes::parse_endpoint(path).map_or("other", |e| e.route_name()),
+    };
+    let method = request.method().as_str().to_string();
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        routes::API_VERSION_HEADER,
+        HeaderValue::from_static("registry/2.0"),
+    );
+    metrics.record_request(route, &method, response.status().as_u16());
+    response
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: Router,
+}
+
+impl Server {
+    /// Opens the data directory and binds the listen address (port 0 picks a free port).
+    pub async fn bind(config: &RegistryConfig) -> Result<Server, ServeError> {
+        let storage =
+            FilesystemStorage::open(&config.data).map_err(|source| ServeError::Storage {
+                path: config.data.clone(),
+                source,
+            })?;
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            app: router(Arc::new(storage), config),
+        })
+    }
+
+    /// The address actually listened on.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServeError> {
+        self.listener.local_addr().map_err(ServeError::Serve)
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        // Responses go out as header and body writes: without TCP_NODELAY, Nagle's algorithm
+        // and delayed ACKs would hold small streamed bodies back.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, self.app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServeError::Serve)
+    }
+}
+
+/// A server running on a background task (for tests and embedding).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, waits for in-flight requests, and returns how serving ended.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(());
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ServeError::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Binds and starts a server on the current tokio runtime.
+pub async fn spawn(config: &RegistryConfig) -> Result<RunningServer, ServeError> {
+    let server = Server::bind(config).await?;
+    let addr = server.local_addr()?;
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -14,6 +14,8 @@ mod runtime;
 mod spec;
 
 pub use error::SandboxError;
-pub use run::{Cancel, RunOutcome, kill_all_containers, run, run_cancellable};
+pub use run::{
+    Cancel, RunOutcome, install_ctrl_c_handler, kill_all_containers, run, run_cancellable,
+};
 pub use runtime::Runtime;
 pub use spec::{BindMount, Network, RunSpec, oci_spec_for};

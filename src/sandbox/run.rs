@@ -3,7 +3,8 @@
 //!
 //! The runtime runs in its own process group, so a terminal's Ctrl-C does not reach it (nor,
 //! through its signal forwarding, the container's pid 1, which ignores it anyway). Instead the
-//! program's Ctrl-C handler calls [`kill_all_containers`], or [`Cancel::cancel`] for one run.
+//! program's Ctrl-C handler calls [`kill_all_containers`] ([`install_ctrl_c_handler`] installs
+//! one), or [`Cancel::cancel`] for one run.
 
 use std::fs;
 use std::io::Read;
@@ -37,6 +38,8 @@ struct LiveContainer {
 /// Every container started by this process and not yet removed.
 static LIVE_CONTAINERS: Mutex<Vec<LiveContainer>> = Mutex::new(Vec::new());
 static CONTAINER_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Set by [`kill_all_containers`]: from then on no container starts and runs end as cancelled.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// How often and how long a kill is retried while a container is still being created.
 const KILL_RETRY_INTERVAL: Duration = Duration::from_millis(50);
@@ -53,8 +56,10 @@ fn is_live(container: &LiveContainer) -> bool {
 }
 
 /// Kills and removes every container this process started that is still running (for a
-/// Ctrl-C handler). Returns at once; the kills finish in the background while the runs return.
+/// Ctrl-C handler). Returns at once; the kills finish in the background while the runs return
+/// [`SandboxError::Cancelled`]. From then on this process starts no more containers.
 pub fn kill_all_containers() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let containers: Vec<LiveContainer> = live_containers().clone();
     for container in containers {
         kill_in_background(container);
@@ -149,8 +154,9 @@ impl Cancel {
         }
     }
 
+    /// Whether this run, or all runs ([`kill_all_containers`]), were cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.inner.cancelled.load(Ordering::SeqCst)
+        self.inner.cancelled.load(Ordering::SeqCst) || INTERRUPTED.load(Ordering::SeqCst)
     }
 
     fn attach(&self, container: Option<LiveContainer>) {
@@ -324,4 +330,40 @@ fn runtime_error(log_file: &PathBuf) -> Option<String> {
         .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
         .collect();
     (!messages.is_empty()).then(|| messages.join("; "))
+}
+
+/// Installs a SIGINT (Ctrl-C) handler for a program that runs containers: the first Ctrl-C
+/// while containers run kills them ([`kill_all_containers`]), so the runs return
+/// [`SandboxError::Cancelled`] and the program unwinds normally, unmounting its overlays.
+/// A Ctrl-C with no container running, or a second one, detaches the remaining overlay mounts
+/// and exits with status 130 at once.
+pub fn install_ctrl_c_handler() -> Result<(), SandboxError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SandboxError::io("starting the Ctrl-C handler", "SIGINT", e))?;
+    // Registered before returning, so an early Ctrl-C is not lost.
+    let mut interrupts = runtime
+        .block_on(async { signal(SignalKind::interrupt()) })
+        .map_err(|e| SandboxError::io("installing a handler for", "SIGINT", e))?;
+    std::thread::Builder::new()
+        .name("ctrl-c".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut presses = 0;
+                while interrupts.recv().await.is_some() {
+                    presses += 1;
+                    if presses == 1 && !live_containers().is_empty() {
+                        tracing::warn!("interrupted: stopping the running containers (Ctrl-C again to quit now)");
+                        kill_all_containers();
+                    } else {
+                        crate::snapshot::detach_all_mounts();
+                        std::process::exit(130);
+                    }
+                }
+            })
+        })
+        .map_err(|e| SandboxError::io("starting the Ctrl-C handler thread", "SIGINT", e))?;
+    Ok(())
 }

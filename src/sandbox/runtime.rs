@@ -43,8 +43,10 @@ impl Runtime {
         if let Ok(text) = fs::read_to_string(&remembered_file)
             && let Ok(remembered) = serde_json::from_str::<Runtime>(&text)
         {
-            let wanted = preferred
-                .is_none_or(|p| p == remembered.path || Some(p) == find_on_path_str(p).as_deref());
+            let wanted = preferred.is_none_or(|p| {
+                p == remembered.path
+                    || find_on_path_str(p).as_deref() == Some(remembered.path.as_path())
+            });
             if wanted && remembered.path.is_file() {
                 return Ok(remembered);
             }

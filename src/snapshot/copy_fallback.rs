@@ -2,6 +2,10 @@
 //! target, and at the end write what changed (by stat comparison) into the upper dir in overlay
 //! form (0/0 whiteout devices, `trusted.overlay.opaque`), so `diff_upper` handles both paths.
 //!
+//! A dir deleted and re-created is recognised by a new inode or birth time and becomes opaque;
+//! where neither tells (inode reused, no birth time), its old children get whiteouts instead,
+//! which hides the same files.
+//!
 //! Writing whiteouts and the opaque xattr needs CAP_MKNOD and CAP_SYS_ADMIN, as running a
 //! container does anyway.
 
@@ -25,11 +29,24 @@ struct Stamp {
     size: u64,
     mtime_ns: (i64, i64),
     ctime_ns: (i64, i64),
+    /// Birth time where the file system records it: tells a re-created dir from the old one
+    /// when the inode number is reused.
+    birth: Option<(i64, u32)>,
 }
 
 impl Stamp {
-    fn of(meta: &fs::Metadata) -> Stamp {
+    fn of(path: &Path, meta: &fs::Metadata) -> Stamp {
+        let birth = rustix::fs::statx(
+            rustix::fs::CWD,
+            path,
+            AtFlags::SYMLINK_NOFOLLOW,
+            rustix::fs::StatxFlags::BTIME,
+        )
+        .ok()
+        .filter(|statx| statx.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0)
+        .map(|statx| (statx.stx_btime.tv_sec, statx.stx_btime.tv_nsec));
         Stamp {
+            birth,
             dev: meta.dev(),
             ino: meta.ino(),
             mode: meta.mode(),
@@ -211,7 +228,7 @@ fn record_stamps(
         let child = root.join(&child_rel);
         let meta =
             fs::symlink_metadata(&child).map_err(|e| SnapshotError::io("stat", &child, e))?;
-        stamps.insert(child_rel.clone(), Stamp::of(&meta));
+        stamps.insert(child_rel.clone(), Stamp::of(&child, &meta));
         if meta.is_dir() {
             record_stamps(root, &child_rel, stamps)?;
         }
@@ -241,8 +258,9 @@ pub(crate) fn move_changes_to_upper(
         let src = target.join(rel);
         let meta = fs::symlink_metadata(&src).map_err(|e| SnapshotError::io("stat", &src, e))?;
         if stamp.is_dir() {
-            let same_dir =
-                before.is_some_and(|b| b.is_dir() && b.ino == stamp.ino && b.dev == stamp.dev);
+            let same_dir = before.is_some_and(|b| {
+                b.is_dir() && b.ino == stamp.ino && b.dev == stamp.dev && b.birth == stamp.birth
+            });
             if !same_dir {
                 fresh_dirs.insert(rel.clone());
             }

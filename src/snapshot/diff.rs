@@ -23,6 +23,8 @@
 //!
 //! "A lower has the path" means the top-most lower holding the path (resolved inside that
 //! lower, never following its symlinks out of it) has something other than a whiteout there.
+//! Known gap: a mount point reached through a symlink in the rootfs (e.g. `/etc/resolv.conf`
+//! pointing into `/run`) gets its placeholder where the link points, which is not recognised.
 
 use std::collections::HashMap;
 use std::fs;

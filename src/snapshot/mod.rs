@@ -14,5 +14,5 @@ mod store;
 
 pub use diff::{DEFAULT_MOUNT_POINTS, diff_upper, diff_upper_ignoring};
 pub use error::SnapshotError;
-pub use overlay::{MountKind, OverlayMount};
-pub use store::{Snapshots, chain_id};
+pub use overlay::{MountKind, OverlayMount, detach_all_mounts};
+pub use store::{ScratchDirs, Snapshots, chain_id};

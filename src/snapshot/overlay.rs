@@ -14,7 +14,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
@@ -53,6 +53,29 @@ const DIFF_FRIENDLY_OPTIONS: [(&str, &str); 3] = [
 ];
 
 static COPY_FALLBACK_WARNING: Once = Once::new();
+
+/// Targets of the overlay mounts of this process that are still mounted.
+static LIVE_MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live_mounts() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE_MOUNTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Lazily detaches every overlay this process mounted and has not unmounted: for a program
+/// about to exit on Ctrl-C, whose `OverlayMount`s will not be dropped.
+pub fn detach_all_mounts() {
+    for target in live_mounts().drain(..) {
+        if let Err(error) = rustix::mount::unmount(&target, UnmountFlags::DETACH) {
+            tracing::warn!(
+                "detaching overlay {}: {}",
+                target.display(),
+                io::Error::from(error)
+            );
+        }
+    }
+}
 
 impl OverlayMount {
     /// Mounts `lowers` (top-most first) with `upper` and `work` (same file system, `work` empty)
@@ -131,6 +154,9 @@ impl OverlayMount {
             }
         }
         mount.mounted = true;
+        if mount.kind == MountKind::Overlay {
+            live_mounts().push(mount.target.clone());
+        }
         Ok(mount)
     }
 
@@ -158,6 +184,7 @@ impl OverlayMount {
             return Ok(());
         }
         self.mounted = false;
+        live_mounts().retain(|target| *target != self.target);
         match self.kind {
             MountKind::Overlay => rustix::mount::unmount(&self.target, UnmountFlags::empty())
                 .map_err(|e| SnapshotError::Unmount {

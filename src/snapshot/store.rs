@@ -5,6 +5,7 @@
 //! sha256/<hex>/fs       the unpacked layer (overlay form: whiteouts are 0/0 devices)
 //! sha256/<hex>/parent   the parent's chain id (absent for a base layer)
 //! tmp/<random>/         unpacks in progress; renamed into place when complete
+//! run/<random>/{upper,work,merged}   scratch dirs of one RUN step ([`ScratchDirs`])
 //! ```
 //! A snapshot dir exists only when complete: it is unpacked and synced in `tmp/`, then renamed.
 //! When two unpacks race, the loser's rename fails and its copy is removed.
@@ -61,8 +62,31 @@ impl Snapshots {
         Ok(snapshots)
     }
 
+    /// The OCI chain id rule, as [`chain_id`].
+    pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+        chain_id(parent, diff_id)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Fresh `upper`, `work` and `merged` dirs for one overlay, on the snapshots' file system
+    /// (overlayfs needs upper and work on one file system). Removed when dropped: drop it after
+    /// the layer made from the upper dir's diff is written, since the diff points into it.
+    pub fn scratch(&self) -> Result<ScratchDirs, SnapshotError> {
+        let run_root = self.root.join("run");
+        fs::create_dir_all(&run_root)
+            .map_err(|e| SnapshotError::io("creating dir", &run_root, e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&run_root)
+            .map_err(|e| SnapshotError::io("creating a scratch dir in", &run_root, e))?;
+        for name in ["upper", "work", "merged"] {
+            let path = dir.path().join(name);
+            fs::create_dir(&path).map_err(|e| SnapshotError::io("creating dir", &path, e))?;
+        }
+        Ok(ScratchDirs { dir })
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -187,5 +211,31 @@ impl Snapshots {
             }
         }
         Ok(lowers)
+    }
+}
+
+/// The upper, work and merged dirs of one RUN step's overlay; removed on drop.
+#[derive(Debug)]
+pub struct ScratchDirs {
+    dir: tempfile::TempDir,
+}
+
+impl ScratchDirs {
+    pub fn upper(&self) -> PathBuf {
+        self.dir.path().join("upper")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    /// Where the overlay is mounted (the container's rootfs).
+    pub fn merged(&self) -> PathBuf {
+        self.dir.path().join("merged")
+    }
+
+    /// The dir holding the three, also a fine `work_dir` for `sandbox::run`'s bundle.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
     }
 }

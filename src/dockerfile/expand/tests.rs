@@ -260,3 +260,23 @@ fn backtick_escape_character() {
     );
     assert_eq!(lexer.process_word(r#""a`"b""#, &lookup).unwrap(), r#"a"b"#);
 }
+
+#[test]
+fn heredoc_lexer_keeps_quotes_and_expands_variables() {
+    let vars = env(&[("NAME", "world")]);
+    let lexer = Lexer::for_heredoc();
+    let lookup = |n: &str| vars.get(n).cloned();
+    assert_eq!(
+        lexer
+            .process_word("echo \"hi $NAME\" 'x'\n", &lookup)
+            .unwrap(),
+        "echo \"hi world\" 'x'\n"
+    );
+    assert_eq!(
+        lexer
+            .process_word("cost \\$5 ${NAME:-'d'}", &lookup)
+            .unwrap(),
+        "cost $5 world"
+    );
+    assert_eq!(lexer.process_word("${UNSET:-'d'}", &lookup).unwrap(), "'d'");
+}

@@ -1,0 +1,424 @@
+//! Registry logic between the HTTP routes and storage: repository existence, digest and
+//! reference checks, manifest validation (referenced content must exist), mounts, tag paging,
+//! and the referrers index. Knows the spec's rules; knows nothing about HTTP framing.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::error::ApiError;
+use super::manifest::{self, OCI_INDEX};
+use super::metrics::Metrics;
+use super::name::{Reference, RepositoryName, UploadId};
+use super::storage::{ByteStream, Storage, StoredManifest};
+use crate::digest::{Digest, Hasher};
+
+/// Largest manifest accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The result of a manifest PUT.
+#[derive(Debug)]
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// One page of a sorted listing (tags or repositories).
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<String>,
+    /// Set when more items follow the page: the `last` to ask for next.
+    pub next_last: Option<String>,
+}
+
+/// Where a manifest GET found its manifest.
+#[derive(Debug)]
+pub struct FoundManifest {
+    pub digest: Digest,
+    pub manifest: StoredManifest,
+}
+
+/// The registry service: shared by every request handler.
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Registry {
+        Registry { storage, metrics }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The size of a blob visible in `repo` (a linked blob or a manifest of the repository).
+    pub async fn blob_size(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64, ApiError> {
+        let visible = self.storage.blob_linked(repo, digest).await?
+            || self.storage.manifest_get(repo, digest).await?.is_some();
+        let size = if visible {
+            self.storage.blob_size(digest).await?
+        } else {
+            None
+        };
+        size.ok_or_else(|| ApiError::BlobUnknown(format!("{digest} in {repo}")))
+    }
+
+    pub async fn blob_stream(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<ByteStream, ApiError> {
+        Ok(self.storage.blob_read(digest, start, len).await?)
+    }
+
+    pub async fn delete_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), ApiError> {
+        if self.storage.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(ApiError::BlobUnknown(format!("{digest} in {repo}")))
+        }
+    }
+
+    /// Links `digest` into `repo` if `from` (or, with no `from`, any repository) has it.
+    /// Returns the blob size when mounted.
+    pub async fn try_mount(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        from: Option<&RepositoryName>,
+    ) -> Result<Option<u64>, ApiError> {
+        let source_has_it = match from {
+            Some(from) => self.storage.blob_linked(from, digest).await?,
+            None => true,
+        };
+        if !source_has_it {
+            return Ok(None);
+        }
+        let Some(size) = self.storage.blob_size(digest).await? else {
+            return Ok(None);
+        };
+        self.storage.link_blob(repo, digest).await?;
+        Ok(Some(size))
+    }
+
+    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadId, ApiError> {
+        let id = self.storage.upload_start(repo).await?;
+        self.metrics.upload_started();
+        Ok(id)
+    }
+
+    pub async fn upload_offset(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<u64, ApiError> {
+        Ok(self.storage.upload_offset(repo, id).await?)
+    }
+
+    pub async fn append(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+        start: Option<u64>,
+        expected_len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, ApiError> {
+        Ok(self
+            .storage
+            .upload_append(repo, id, start, expected_len, body)
+            .await?)
+    }
+
+    pub async fn finish_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+        digest: &Digest,
+    ) -> Result<u64, ApiError> {
+        let size = self.storage.upload_finish(repo, id, digest).await?;
+        self.metrics.upload_completed();
+        Ok(size)
+    }
+
+    pub async fn cancel_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+    ) -> Result<(), ApiError> {
+        Ok(self.storage.upload_cancel(repo, id).await?)
+    }
+
+    /// Uploads `body` in one go (monolithic POST): start, append, finish; nothing kept on error.
+    pub async fn upload_whole(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        expected_len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64, ApiError> {
+        let id = self.start_upload(repo).await?;
+        let result = async {
+            self.append(repo, &id, Some(0), expected_len, body).await?;
+            self.finish_upload(repo, &id, digest).await
+        }
+        .await;
+        if result.is_err() {
+            // The upload may already be gone (digest mismatch discards it).
+            let _ = self.storage.upload_cancel(repo, &id).await;
+        }
+        result
+    }
+
+    /// Validates and stores a manifest, tags it with `tags`, and records its subject.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+        extra_tags: &[String],
+    ) -> Result<PutManifest, ApiError> {
+        let info = manifest::inspect(&bytes, content_type)
+            .map_err(|e| ApiError::ManifestInvalid(e.to_string()))?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let mut hasher = Hasher::new(expected.algorithm());
+                hasher.update(&bytes);
+                let actual = hasher.finish();
+                if &actual != expected {
+                    return Err(ApiError::DigestInvalid(format!(
+                        "manifest PUT to {expected} but its content is {actual}"
+                    )));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        for reference in &info.references {
+            self.check_reference_exists(repo, reference).await?;
+        }
+        self.storage
+            .manifest_put(repo, &digest, &info.media_type, bytes.clone())
+            .await?;
+        if let Reference::Tag(tag) = reference {
+            self.storage.tag_set(repo, tag, &digest).await?;
+        }
+        for tag in extra_tags {
+            self.storage.tag_set(repo, tag, &digest).await?;
+        }
+        if let Some(subject) = &info.subject {
+            let mut descriptor = serde_json::json!({
+                "mediaType": info.media_type,
+                "digest": digest.to_string(),
+                "size": bytes.len(),
+            });
+            if let Some(artifact_type) = &info.artifact_type {
+                descriptor["artifactType"] = serde_json::Value::String(artifact_type.clone());
+            }
+            if let Some(annotations) = &info.annotations {
+                descriptor["annotations"] = annotations.clone();
+            }
+            self.storage
+                .referrer_add(repo, subject, &digest, &descriptor)
+                .await?;
+        }
+        Ok(PutManifest {
+            digest,
+            subject: info.subject,
+        })
+    }
+
+    async fn check_reference_exists(
+        &self,
+        repo: &RepositoryName,
+        reference: &manifest::ContentReference,
+    ) -> Result<(), ApiError> {
+        let digest = &reference.digest;
+        let actual_size = if reference.is_manifest {
+            self.storage
+                .manifest_get(repo, digest)
+                .await?
+                .map(|m| m.bytes.len() as u64)
+        } else if self.storage.blob_linked(repo, digest).await? {
+            self.storage.blob_size(digest).await?
+        } else {
+            None
+        };
+        match actual_size {
+            None => Err(ApiError::ManifestBlobUnknown(format!(
+                "{} {digest} is not in {repo}",
+                if reference.is_manifest {
+                    "manifest"
+                } else {
+                    "blob"
+                }
+            ))),
+            Some(size) if size != reference.size => Err(ApiError::ManifestInvalid(format!(
+                "descriptor of {digest} says {} bytes, the registry holds {size}",
+                reference.size
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Resolves `reference` in `repo` to a stored manifest.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<FoundManifest, ApiError> {
+        let unknown = || ApiError::ManifestUnknown(format!("{reference} in {repo}"));
+        let digest = match reference {
+            Reference::Digest(digest) => digest.clone(),
+            Reference::Tag(tag) => match self.storage.tag_get(repo, tag).await? {
+                Some(digest) => digest,
+                None => return Err(self.unknown_repo_or(repo, unknown()).await),
+            },
+        };
+        match self.storage.manifest_get(repo, &digest).await? {
+            Some(manifest) => Ok(FoundManifest { digest, manifest }),
+            None => Err(self.unknown_repo_or(repo, unknown()).await),
+        }
+    }
+
+    /// NAME_UNKNOWN if the repository does not exist, else `error`.
+    async fn unknown_repo_or(&self, repo: &RepositoryName, error: ApiError) -> ApiError {
+        match self.storage.repository_exists(repo).await {
+            Ok(false) => ApiError::NameUnknown(repo.to_string()),
+            _ => error,
+        }
+    }
+
+    /// Deletes a tag, or a manifest (with its tags and referrer record) by digest.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<(), ApiError> {
+        match reference {
+            Reference::Tag(tag) => {
+                if self.storage.tag_delete(repo, tag).await? {
+                    Ok(())
+                } else {
+                    Err(self
+                        .unknown_repo_or(
+                            repo,
+                            ApiError::ManifestUnknown(format!("tag {tag} in {repo}")),
+                        )
+                        .await)
+                }
+            }
+            Reference::Digest(digest) => {
+                let Some(stored) = self.storage.manifest_get(repo, digest).await? else {
+                    return Err(self
+                        .unknown_repo_or(
+                            repo,
+                            ApiError::ManifestUnknown(format!("{digest} in {repo}")),
+                        )
+                        .await);
+                };
+                if let Ok(info) = manifest::inspect(&stored.bytes, Some(&stored.media_type))
+                    && let Some(subject) = info.subject
+                {
+                    self.storage.referrer_remove(repo, &subject, digest).await?;
+                }
+                self.storage.manifest_delete(repo, digest).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Tags of `repo`, paged.
+    pub async fn tags(
+        &self,
+        repo: &RepositoryName,
+        limit: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page, ApiError> {
+        if !self.storage.repository_exists(repo).await? {
+            return Err(ApiError::NameUnknown(repo.to_string()));
+        }
+        let tags = self.storage.tags(repo).await?;
+        Ok(page(tags, limit, last))
+    }
+
+    /// Repository names, paged.
+    pub async fn catalog(
+        &self,
+        limit: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Page, ApiError> {
+        let repositories = self.storage.repositories().await?;
+        Ok(page(repositories, limit, last))
+    }
+
+    /// The referrers of `subject` in `repo` as an OCI image index, optionally filtered by
+    /// artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let mut descriptors = self.storage.referrers(repo, subject).await?;
+        if let Some(wanted) = artifact_type {
+            descriptors.retain(|d| d.get("artifactType").and_then(|a| a.as_str()) == Some(wanted));
+        }
+        Ok(serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": descriptors,
+        }))
+    }
+}
+
+/// Cuts a sorted list to the items after `last`, at most `limit` of them.
+fn page(sorted: Vec<String>, limit: Option<usize>, last: Option<&str>) -> Page {
+    let after_last: Vec<String> = match last {
+        Some(last) => sorted
+            .into_iter()
+            .filter(|item| item.as_str() > last)
+            .collect(),
+        None => sorted,
+    };
+    match limit {
+        Some(limit) if after_last.len() > limit => {
+            let items: Vec<String> = after_last.into_iter().take(limit).collect();
+            let next_last = items.last().cloned();
+            Page { items, next_last }
+        }
+        _ => Page {
+            items: after_last,
+            next_last: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_after_last_and_links_only_when_more_remain() {
+        let all: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let first = page(all.clone(), Some(2), None);
+        assert_eq!(first.items, ["a", "b"]);
+        assert_eq!(first.next_last.as_deref(), Some("b"));
+        let second = page(all.clone(), Some(2), Some("b"));
+        assert_eq!(second.items, ["c", "d"]);
+        assert_eq!(second.next_last, None);
+        assert!(page(all.clone(), Some(0), None).items.is_empty());
+        assert_eq!(page(all, None, Some("c")).items, ["d"]);
+    }
+}

@@ -1,0 +1,160 @@
+//! `imgbuild push` and `pull` move only what is missing: after a one-layer change, the bytes
+//! the registry receives (its /metrics) are about the changed layer plus config and manifest.
+//! The pushed image then pulls and runs in Docker and inspects with skopeo.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command};
+
+/// An `imgbuild serve` on a free loopback port, killed on drop.
+struct Registry {
+    child: Child,
+    address: String,
+    _data: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let data = temp_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+            .args(["serve", "--addr", &address, "--data"])
+            .arg(data.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start imgbuild serve");
+        let registry = Registry {
+            child,
+            address,
+            _data: data,
+        };
+        for _ in 0..100 {
+            if registry.metric("imgbuild_registry_bytes_received_total").is_some() {
+                return registry;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("imgbuild serve did not start on {}", registry.address);
+    }
+
+    /// The value of an unlabelled counter from /metrics.
+    fn metric(&self, name: &str) -> Option<u64> {
+        let output = Command::new("curl")
+            .args(["-fsS", &format!("http://{}/metrics", self.address)])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
+    fn received(&self) -> u64 {
+        self.metric("imgbuild_registry_bytes_received_total").unwrap()
+    }
+
+    fn sent(&self) -> u64 {
+        self.metric("imgbuild_registry_bytes_sent_total").unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `len` bytes that gzip cannot shrink (xorshift), different per `seed`.
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// The compressed size of layer `index` of `image` in the store at `root`.
+fn layer_size(root: &Path, image: &str, index: usize) -> u64 {
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(imgbuild(root, &["inspect", image]))).unwrap();
+    info["Manifest"]["layers"][index]["size"].as_u64().unwrap()
+}
+
+#[test]
+fn second_push_and_pull_move_only_the_changed_layer() {
+    let registry = Registry::start();
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("big.bin"), incompressible(3 << 20, 7)).unwrap();
+    std::fs::write(ctx.join("app.bin"), incompressible(200 << 10, 1)).unwrap();
+    let dockerfile = "ARG BASE\nFROM ${BASE}\nCOPY big.bin /data/big.bin\nCOPY app.bin /app/app.bin\nCMD [\"sh\", \"-c\", \"wc -c < /app/app.bin\"]\n";
+    write_files(&ctx, &[("Dockerfile", dockerfile)]);
+    let base_arg = format!("BASE={}", base_image());
+    let image_a = format!("{}/team/app:a", registry.address);
+    let image_b = format!("{}/team/app:b", registry.address);
+
+    let build = |tag: &str| {
+        ok(imgbuild(
+            &root,
+            &["build", "-q", "-t", tag, "--build-arg", &base_arg, ctx.to_str().unwrap()],
+        ))
+    };
+    build(&image_a);
+    let before_first = registry.received();
+    ok(imgbuild(&root, &["push", "-q", &image_a]));
+    let first_push = registry.received() - before_first;
+    let big = layer_size(&root, &image_a, 1);
+    assert!(first_push > big, "first push sent {first_push} bytes, less than the big layer {big}");
+
+    std::fs::write(ctx.join("app.bin"), incompressible(300 << 10, 2)).unwrap();
+    build(&image_b);
+    let changed = layer_size(&root, &image_b, 2);
+    let before_second = registry.received();
+    let pushed = ok(imgbuild(&root, &["push", &image_b]));
+    let second_push = registry.received() - before_second;
+    // The changed layer, plus config and manifest (a few kB) and nothing else.
+    assert!(
+        second_push >= changed && second_push <= changed + 16 * 1024,
+        "second push sent {second_push} bytes for a {changed}-byte changed layer: {pushed}"
+    );
+
+    // Pull: a store holding image A fetches only B's new layer, config and manifest.
+    let other = dir.path().join("other");
+    ok(imgbuild(&other, &["pull", "-q", &image_a]));
+    let before_pull = registry.sent();
+    ok(imgbuild(&other, &["pull", "-q", &image_b]));
+    let pulled = registry.sent() - before_pull;
+    assert!(
+        pulled >= changed && pulled <= changed + 16 * 1024,
+        "second pull fetched {pulled} bytes for a {changed}-byte changed layer"
+    );
+
+    eprintln!(
+        "first push {first_push} B; changed layer {changed} B; second push {second_push} B; second pull {pulled} B"
+    );
+
+    // Real clients see the pushed image.
+    let skopeo = run("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{image_b}")]);
+    let skopeo: serde_json::Value = serde_json::from_str(&skopeo).unwrap();
+    assert_eq!(skopeo["Layers"].as_array().unwrap().len(), 3);
+    docker(&["pull", "-q", &image_b]);
+    let out = docker(&["run", "--rm", "--network", "none", &image_b]);
+    assert_eq!(out.trim(), (300 << 10).to_string());
+    let _ = Command::new("docker").args(["rmi", "-f", &image_b]).output();
+}
