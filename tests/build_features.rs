@@ -170,7 +170,14 @@ fn add_downloads_urls_and_verifies_the_checksum() {
     let base = serve_http(b"downloaded content\n");
     let digest = format!(
         "sha256:{}",
-        run("sh", &["-c", "printf 'downloaded content\\n' | sha256sum | cut -d' ' -f1"]).trim()
+        run(
+            "sh",
+            &[
+                "-c",
+                "printf 'downloaded content\\n' | sha256sum | cut -d' ' -f1"
+            ]
+        )
+        .trim()
     );
     let ctx = dir.path().join("ctx");
     let dockerfile = format!(
@@ -179,15 +186,26 @@ fn add_downloads_urls_and_verifies_the_checksum() {
     write_files(&ctx, &[("Dockerfile", &dockerfile)]);
     build(&root, &ctx, &["-t", "url:1"]);
     let first = layer_listing(&root, "url:1", 0);
-    assert!(first.iter().any(|l| l.starts_with("-rw------- 0/0") && l.ends_with("srv/data.txt")), "{first:?}");
+    assert!(
+        first
+            .iter()
+            .any(|l| l.starts_with("-rw------- 0/0") && l.ends_with("srv/data.txt")),
+        "{first:?}"
+    );
     let second = layer_listing(&root, "url:1", 1);
-    assert!(second.iter().any(|l| l.ends_with("renamed.txt")), "{second:?}");
+    assert!(
+        second.iter().any(|l| l.ends_with("renamed.txt")),
+        "{second:?}"
+    );
 
     let bad = dir.path().join("bad");
     let wrong = format!("sha256:{}", "0".repeat(64));
     write_files(
         &bad,
-        &[("Dockerfile", &format!("FROM scratch\nADD --checksum={wrong} {base}/x /x\n"))],
+        &[(
+            "Dockerfile",
+            &format!("FROM scratch\nADD --checksum={wrong} {base}/x /x\n"),
+        )],
     );
     let stderr = fails(imgbuild(&root, &["build", bad.to_str().unwrap()]));
     assert!(stderr.contains("checksum mismatch"), "{stderr}");

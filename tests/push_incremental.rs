@@ -37,7 +37,10 @@ impl Registry {
             _data: data,
         };
         for _ in 0..100 {
-            if registry.metric("imgbuild_registry_bytes_received_total").is_some() {
+            if registry
+                .metric("imgbuild_registry_bytes_received_total")
+                .is_some()
+            {
                 return registry;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -59,7 +62,8 @@ impl Registry {
     }
 
     fn received(&self) -> u64 {
-        self.metric("imgbuild_registry_bytes_received_total").unwrap()
+        self.metric("imgbuild_registry_bytes_received_total")
+            .unwrap()
     }
 
     fn sent(&self) -> u64 {
@@ -112,7 +116,15 @@ fn second_push_and_pull_move_only_the_changed_layer() {
     let build = |tag: &str| {
         ok(imgbuild(
             &root,
-            &["build", "-q", "-t", tag, "--build-arg", &base_arg, ctx.to_str().unwrap()],
+            &[
+                "build",
+                "-q",
+                "-t",
+                tag,
+                "--build-arg",
+                &base_arg,
+                ctx.to_str().unwrap(),
+            ],
         ))
     };
     build(&image_a);
@@ -120,7 +132,10 @@ fn second_push_and_pull_move_only_the_changed_layer() {
     ok(imgbuild(&root, &["push", "-q", &image_a]));
     let first_push = registry.received() - before_first;
     let big = layer_size(&root, &image_a, 1);
-    assert!(first_push > big, "first push sent {first_push} bytes, less than the big layer {big}");
+    assert!(
+        first_push > big,
+        "first push sent {first_push} bytes, less than the big layer {big}"
+    );
 
     std::fs::write(ctx.join("app.bin"), incompressible(300 << 10, 2)).unwrap();
     build(&image_b);
@@ -150,11 +165,20 @@ fn second_push_and_pull_move_only_the_changed_layer() {
     );
 
     // Real clients see the pushed image.
-    let skopeo = run("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{image_b}")]);
+    let skopeo = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{image_b}"),
+        ],
+    );
     let skopeo: serde_json::Value = serde_json::from_str(&skopeo).unwrap();
     assert_eq!(skopeo["Layers"].as_array().unwrap().len(), 3);
     docker(&["pull", "-q", &image_b]);
     let out = docker(&["run", "--rm", "--network", "none", &image_b]);
     assert_eq!(out.trim(), (300 << 10).to_string());
-    let _ = Command::new("docker").args(["rmi", "-f", &image_b]).output();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &image_b])
+        .output();
 }
