@@ -7,6 +7,7 @@ mod fs;
 pub use fs::FilesystemStorage;
 
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -49,6 +50,34 @@ pub enum StorageError {
     Corrupt { path: PathBuf, detail: String },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("this storage backend does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// A blob as garbage collection sees it.
+#[derive(Debug, Clone)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+    /// When the blob was last stored, linked, or touched ([`Storage::blob_touch`]).
+    pub last_used: SystemTime,
+}
+
+/// A manifest linked in a repository, as garbage collection sees it.
+#[derive(Debug, Clone)]
+pub struct ManifestInfo {
+    pub digest: Digest,
+    /// When the manifest was last put into this repository.
+    pub linked_at: SystemTime,
+}
+
+/// An upload session, as garbage collection sees it.
+#[derive(Debug, Clone)]
+pub struct UploadInfo {
+    pub repo: RepositoryName,
+    pub id: UploadId,
+    /// When the session last received bytes (or was started).
+    pub last_activity: SystemTime,
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -149,4 +178,32 @@ pub trait Storage: Send + Sync + 'static {
         repo: &RepositoryName,
         subject: &Digest,
     ) -> StorageResult<Vec<serde_json::Value>>;
+
+    // --- Enumeration and removal, for garbage collection. The defaults refuse, so a backend
+    // --- that cannot enumerate is never collected by mistake.
+
+    /// Every global blob, with its size and last use.
+    async fn blob_list(&self) -> StorageResult<Vec<BlobInfo>> {
+        Err(StorageError::Unsupported("listing blobs"))
+    }
+    /// Marks the blob as used now, so a collection that started earlier keeps it.
+    async fn blob_touch(&self, _digest: &Digest) -> StorageResult<()> {
+        Err(StorageError::Unsupported("touching blobs"))
+    }
+    /// Removes a global blob; returns whether it existed.
+    async fn blob_delete(&self, _digest: &Digest) -> StorageResult<bool> {
+        Err(StorageError::Unsupported("deleting blobs"))
+    }
+    /// Digests of every blob linked into `repo`.
+    async fn linked_blobs(&self, _repo: &RepositoryName) -> StorageResult<Vec<Digest>> {
+        Err(StorageError::Unsupported("listing blob links"))
+    }
+    /// Every manifest linked into `repo`.
+    async fn manifest_list(&self, _repo: &RepositoryName) -> StorageResult<Vec<ManifestInfo>> {
+        Err(StorageError::Unsupported("listing manifests"))
+    }
+    /// Every upload session in progress.
+    async fn upload_list(&self) -> StorageResult<Vec<UploadInfo>> {
+        Err(StorageError::Unsupported("listing uploads"))
+    }
 }
