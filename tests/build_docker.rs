@@ -178,7 +178,8 @@ fn base_image_from_registry_with_copy_chown_chmod_matches_docker_build() {
     let context = dir.path().join("ctx");
     std::fs::create_dir(&context).unwrap();
     let dockerfile = "ARG BASE\nFROM ${BASE}\nCOPY --chown=app:staff --chmod=750 run.sh /home/app/bin/\n\
-                      COPY --chown=1234 data /srv/data\nUSER app\nCMD [\"/home/app/bin/run.sh\"]\n";
+                      COPY --chown=1234 data /srv/data\n\
+                      COPY --chown=1234 empty /srv/empty-dest/\nCOPY empty /srv/e2\nUSER app\nCMD [\"/home/app/bin/run.sh\"]\n";
     write_files(
         &context,
         &[
@@ -188,6 +189,7 @@ fn base_image_from_registry_with_copy_chown_chmod_matches_docker_build() {
             ("data/nested/two.txt", "2"),
         ],
     );
+    std::fs::create_dir(context.join("empty")).unwrap();
     let name = unique_name("imgbuild-base");
     let build_arg = format!("BASE={base}");
     let ours = build_and_load(dir.path(), &context, &name, &["--build-arg", &build_arg]);
@@ -195,7 +197,7 @@ fn base_image_from_registry_with_copy_chown_chmod_matches_docker_build() {
 
     let reference = buildkit_build(&context, &name, &["--build-arg", &build_arg]);
     assert_same_config(&ours, &reference);
-    let stat = "stat -c '%n %a %u %g %F' /home/app/bin /home/app/bin/run.sh /srv/data /srv/data/one.txt /srv/data/nested /srv/data/nested/two.txt /tmp /bin/sh";
+    let stat = "stat -c '%n %a %u %g %F' /home/app/bin /home/app/bin/run.sh /srv/data /srv/data/one.txt /srv/data/nested /srv/data/nested/two.txt /srv/empty-dest /srv/e2 /tmp /bin/sh";
     assert_eq!(
         docker_run(&ours, &["sh", "-c", stat]),
         docker_run(&reference, &["sh", "-c", stat])

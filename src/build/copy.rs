@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::chmod::Chmod;
 use super::rootfs;
-use crate::context::{self, CopyItem, CopyOptions};
+use crate::context::{self, CopyItem, CopyOptions, CopyPlan};
 use crate::digest::{Digest, Hasher};
 use crate::dockerfile::IgnoreMatcher;
 use crate::layer::{self, Entry, EntryKind, FileSource, UnpackMode};
@@ -95,12 +95,13 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
 
     let mut local_sources = Vec::new();
+    let mut fresh_dirs = Vec::new();
     for source in job.sources {
         if job.is_add && is_url(source) {
             let entry = download(&job, source, &dest_abs, dest_is_dir, scratch.path())?;
             entries.insert(entry.path.clone(), entry);
         } else if job.is_add && job.unpack && !has_glob(source) {
-            let items = plan(&job, std::slice::from_ref(source), job.dest, false)?;
+            let items = plan(&job, std::slice::from_ref(source), job.dest, false)?.items;
             let archive = match items.as_slice() {
                 [item] if item.metadata.is_file() => {
                     layer::open_archive(&item.host_path).map_err(|e| e.to_string())?
@@ -137,8 +138,9 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
         } else {
             job.dest.to_string()
         };
-        let items = plan(&job, &local_sources, &dest, job.parents)?;
-        add_items(&job, &items, job.preserve_owner, &mut entries)?;
+        let planned = plan(&job, &local_sources, &dest, job.parents)?;
+        add_items(&job, &planned.items, job.preserve_owner, &mut entries)?;
+        fresh_dirs = planned.fresh_dirs;
     }
     for (name, content) in job.heredocs {
         let path = if dest_is_dir {
@@ -166,7 +168,7 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
             },
         );
     }
-    add_missing_parents(&job, &mut entries);
+    add_missing_dirs(&job, &fresh_dirs, &mut entries);
     Ok((entries.into_values().collect(), scratch))
 }
 
@@ -179,13 +181,13 @@ fn plan(
     sources: &[String],
     dest: &str,
     parents: bool,
-) -> Result<Vec<CopyItem>, String> {
+) -> Result<CopyPlan, String> {
     let options = CopyOptions {
         ignore: job.ignore,
         excludes: job.excludes,
         parents,
     };
-    context::plan_copy(job.source_root, sources, dest, job.workdir, &options)
+    context::plan_copy_full(job.source_root, sources, dest, job.workdir, &options)
         .map_err(|e| e.to_string())
 }
 
@@ -295,9 +297,20 @@ fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Adds directory entries for every parent of a new entry that the image does not have yet.
-fn add_missing_parents(job: &CopyJob<'_>, entries: &mut BTreeMap<String, Entry>) {
-    let mut parents = BTreeSet::new();
-    for path in entries.keys() {
+/// Adds a directory entry for every missing parent of an entry and for every directory-source
+/// destination in `fresh_dirs` (so `COPY emptydir /d/` creates `/d`, as Docker does).
+fn add_missing_dirs(
+    job: &CopyJob<'_>,
+    fresh_dirs: &[String],
+    entries: &mut BTreeMap<String, Entry>,
+) {
+    let mut parents: BTreeSet<String> = fresh_dirs
+        .iter()
+        .map(|dir| dir.trim_matches('/').to_string())
+        .filter(|dir| !dir.is_empty())
+        .collect();
+    let fresh: Vec<String> = parents.iter().cloned().collect();
+    for path in entries.keys().chain(fresh.iter()) {
         let mut current = path.as_str();
         while let Some((parent, _)) = current.rsplit_once('/') {
             parents.insert(parent.to_string());
