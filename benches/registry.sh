@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of `imgbuild serve` against docker-registry (CNCF distribution 2.8):
 # manifest GET req/s and small-blob GET req/s with 32 connections (wrk), 100 MB blob GET MB/s
-# and upload MB/s (curl), and peak RSS of each server. Prints a table with imgbuild/distribution ratios.
+# and upload MB/s (curl), push and pull of a 200 MB image with skopeo, and peak RSS of each server. Prints a table with imgbuild/distribution ratios.
 #
 # Usage: benches/registry.sh            (installs wrk when missing; builds imgbuild --release)
 # Env:   BENCH_SECONDS (default 10), BENCH_CONNECTIONS (default 32)
@@ -16,6 +16,7 @@ theirs_port=${BENCH_DISTRIBUTION_PORT:-5092}
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v bc >/dev/null || missing+=(bc)
+command -v skopeo >/dev/null || missing+=(skopeo)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bench: installing ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
@@ -24,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v docker-registry >/dev/null || { echo "bench: docker-registry is missing (scripts/test installs it)" >&2; exit 1; }
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build --release --quiet --bin imgbuild
 work=$(mktemp -d)
 cp "$CARGO_TARGET_DIR/release/imgbuild" "$work/imgbuild"
@@ -92,6 +93,49 @@ for port in "$ours_port" "$theirs_port"; do
         --data-binary "@$work/manifest" "http://127.0.0.1:$port/v2/bench/app/manifests/v1" -o /dev/null
 done
 
+# A 200 MB image (4 layers of 50 MB) as an OCI layout, pushed and pulled with skopeo.
+layout=$work/layout
+mkdir -p "$layout/blobs/sha256"
+add_blob() { # file -> prints "digest size", moves the file into the layout
+    local digest size
+    digest=$(sha256sum "$1" | cut -d' ' -f1); size=$(size "$1")
+    mv "$1" "$layout/blobs/sha256/$digest"
+    echo "sha256:$digest $size"
+}
+layers_json=
+for i in 1 2 3 4; do
+    mkdir -p "$work/layer$i"
+    head -c 50000000 /dev/urandom >"$work/layer$i/data$i"
+    tar -C "$work/layer$i" -cf "$work/layer$i.tar" "data$i"
+    read -r digest bytes < <(add_blob "$work/layer$i.tar")
+    layers_json+="${layers_json:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"$digest\",\"size\":$bytes}"
+done
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' >"$work/image-config"
+read -r config_digest config_bytes < <(add_blob "$work/image-config")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[%s]}' \
+    "$config_digest" "$config_bytes" "$layers_json" >"$work/image-manifest"
+read -r manifest_digest manifest_bytes < <(add_blob "$work/image-manifest")
+printf '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' \
+    "$manifest_digest" "$manifest_bytes" >"$layout/index.json"
+seconds_of() { # command... -> elapsed seconds
+    local started
+    started=$(date +%s.%N)
+    "$@" >/dev/null
+    echo "$(date +%s.%N) - $started" | bc -l
+}
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+for side in ours theirs; do
+    if [ "$side" = ours ]; then port=$ours_port; else port=$theirs_port; fi
+    result[$side.push]=$(seconds_of skopeo copy -q --dest-tls-verify=false \
+        "oci:$layout:v1" "docker://127.0.0.1:$port/bench/big:v1")
+    result[$side.pull]=$(for run in 1 2 3; do
+        seconds_of skopeo copy -q --src-tls-verify=false \
+            "docker://127.0.0.1:$port/bench/big:v1" "oci:$work/pulled-$side-$run:v1"
+        rm -rf "$work/pulled-$side-$run"
+    done | median)
+done
+
 wrk_rps() { # url [header]
     local args=(-t2 "-c$connections" "-d${seconds}s")
     [ $# -gt 1 ] && args+=(-H "$2")
@@ -130,4 +174,6 @@ row "manifest GET req/s (c=$connections)" manifest
 row "1 KiB blob GET req/s (c=$connections)" small
 row "100 MB blob GET MB/s" big
 row "100 MB blob upload (POST+PUT) MB/s" upload
+row "200 MB image skopeo push s (lower is better)" push
+row "200 MB image skopeo pull s (median of 3, lower)" pull
 row "peak RSS MiB (lower is better)" rss
