@@ -165,10 +165,10 @@ for side in ours theirs; do
     result[$side.rss]=$(peak_rss_mib "$pid")
 done
 
-printf '\n%-34s %14s %14s %8s\n' "metric" "imgbuild" "distribution" "ratio"
+printf '\n%-48s %14s %14s %8s\n' "metric" "imgbuild" "distribution" "ratio"
 row() { # label key unit
     local ours=${result[ours.$2]} theirs=${result[theirs.$2]}
-    printf '%-34s %14.1f %14.1f %7.2fx\n' "$1" "$ours" "$theirs" "$(echo "$ours / $theirs" | bc -l)"
+    printf '%-48s %14.1f %14.1f %7.2fx\n' "$1" "$ours" "$theirs" "$(echo "$ours / $theirs" | bc -l)"
 }
 row "manifest GET req/s (c=$connections)" manifest
 row "1 KiB blob GET req/s (c=$connections)" small
