@@ -1,16 +1,18 @@
 //! Client behaviour that a well-behaved registry cannot provoke, against a small in-test fake
 //! registry on 127.0.0.1: the Bearer token flow with credentials from config.json and a token
-//! cache per scope, digest mismatches on manifests and blobs, and resuming a chunked upload
-//! from the registry's reported offset after a transient failure.
+//! cache per scope, digest mismatches on manifests and blobs, resuming a chunked upload
+//! from the registry's reported offset after a transient failure, and resuming a download that
+//! was cut off with a `Range` request.
 
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures::StreamExt as _;
 use imgbuild::client::{
     ConnectionOptions, NoProgress, PullOptions, RegistryClient, media_types, pull,
 };
@@ -35,6 +37,11 @@ struct FakeState {
     patches: usize,
     fail_patch_number: Option<usize>,
     completed_digest: Option<String>,
+    /// Cut the connection after half of the layer, once.
+    cut_layer_once: bool,
+    /// The `Range` header of each layer GET (None when absent).
+    layer_ranges: Vec<Option<String>>,
+    layer_bytes_served: usize,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -104,6 +111,42 @@ async fn handle(
             if state.corrupt_layer {
                 layer[0] ^= 0xff;
             }
+            let range = headers
+                .get("range")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            state.layer_ranges.push(range.clone());
+            if state.cut_layer_once {
+                state.cut_layer_once = false;
+                let half = layer[..layer.len() / 2].to_vec();
+                state.layer_bytes_served += half.len();
+                let first = futures::stream::once(async move { Ok(Bytes::from(half)) });
+                let cut = futures::stream::once(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    Err(std::io::Error::other("connection cut by the test"))
+                });
+                return Body::from_stream(first.chain(cut)).into_response();
+            }
+            if let Some(start) = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .and_then(|r| r.parse::<usize>().ok())
+            {
+                let total = layer.len();
+                let rest = layer[start..].to_vec();
+                state.layer_bytes_served += rest.len();
+                return (
+                    StatusCode::PARTIAL_CONTENT,
+                    [(
+                        "content-range",
+                        format!("bytes {start}-{}/{total}", total - 1),
+                    )],
+                    rest,
+                )
+                    .into_response();
+            }
+            state.layer_bytes_served += layer.len();
             layer.into_response()
         }
         (Method::POST, "/v2/app/blobs/uploads/") => {
@@ -365,4 +408,34 @@ async fn chunked_upload_resumes_from_the_registry_offset_after_a_transient_error
     // 0-3000 ok, 3000-6000 fails after 1500 bytes, resume at 4500: 4500-7500, 7500-10000.
     assert_eq!(state.patches, 4);
     assert_eq!(confirmed, vec![3000, 7500, 10_000, 10_000]);
+}
+
+#[tokio::test]
+async fn interrupted_download_resumes_with_a_range_request() {
+    let (state, address) = start_fake(|s| s.cut_layer_once = true).await;
+    let config = docker_config_with_credentials(&address);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let reference = Reference::parse(&format!("{address}/app:1")).unwrap();
+    pull(
+        &store,
+        &reference,
+        &options_with_config(config.path()),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    let state = state.lock().unwrap();
+    let half = state.layer.len() / 2;
+    assert_eq!(
+        state.layer_ranges,
+        vec![None, Some(format!("bytes={half}-"))],
+        "the retry asks only for the missing bytes"
+    );
+    assert_eq!(
+        state.layer_bytes_served,
+        state.layer.len(),
+        "no byte is sent twice"
+    );
+    assert!(store.has_blob(&Digest::sha256_of(&state.layer)));
 }

@@ -24,7 +24,9 @@ pub use error::{ClientError, RegistryError};
 pub use progress::{NoProgress, PullProgress, PushProgress, human_bytes};
 pub use pull::{PullOptions, PulledImage, pull};
 pub use push::{ManifestFormat, PushOptions, PushReport, push};
-pub use registry_client::{FetchedManifest, MountOutcome, RegistryClient, UploadTuning};
+pub use registry_client::{
+    DownloadState, FetchedManifest, MountOutcome, RegistryClient, UploadTuning,
+};
 pub use sources::BlobSources;
 
 /// How to reach a registry: transport security and where credentials live.

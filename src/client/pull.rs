@@ -8,7 +8,7 @@ use super::ConnectionOptions;
 use super::error::{ClientError, RegistryError};
 use super::manifest::{image_blobs, parse_image_manifest, parse_index, select_platform};
 use super::progress::PullProgress;
-use super::registry_client::RegistryClient;
+use super::registry_client::{DownloadState, RegistryClient};
 use super::sources::BlobSources;
 use crate::digest::Digest;
 use crate::image::Platform;
@@ -149,8 +149,8 @@ async fn pull_inner(
 /// Attempts per blob download before a transient error (connection drop, 5xx) is final.
 const DOWNLOAD_ATTEMPTS: u32 = 3;
 
-/// Downloads one blob into the store, verified against its digest and size; a transient
-/// failure restarts the download into a fresh temp file.
+/// Downloads one blob into the store, verified against its digest and size; after a transient
+/// failure the download resumes where it stopped (a `Range` request), in the same temp file.
 async fn fetch_blob(
     store: &Store,
     client: &RegistryClient,
@@ -159,41 +159,45 @@ async fn fetch_blob(
     progress: &dyn PullProgress,
 ) -> Result<u64, RegistryError> {
     progress.blob_started(&blob.digest, blob.size);
+    let mut writer = store.blob_writer()?;
+    let mut state = DownloadState::new(&blob.digest);
     let mut attempt = 0;
     let size = loop {
         attempt += 1;
-        let mut writer = store.blob_writer()?;
         let downloaded = client
-            .download_blob(
+            .resume_download(
                 repository,
                 &blob.digest,
                 Some(blob.size),
+                &mut state,
                 &mut writer,
                 &mut |done| progress.blob_progress(&blob.digest, done, blob.size),
             )
             .await;
         match downloaded {
-            Ok(size) => {
-                writer.commit(Some(&blob.digest)).map_err(|e| match e {
-                    crate::store::StoreError::DigestMismatch { expected, actual } => {
-                        RegistryError::DigestMismatch {
-                            what: format!("blob {expected}"),
-                            expected,
-                            actual,
-                        }
-                    }
-                    other => RegistryError::Store(other),
-                })?;
-                break size;
-            }
+            Ok(size) => break size,
             Err(e) if e.is_transient() && attempt < DOWNLOAD_ATTEMPTS => {
-                tracing::warn!("download of {} failed ({e}); retrying", blob.digest);
+                tracing::warn!(
+                    "download of {} failed after {} bytes ({e}); resuming",
+                    blob.digest,
+                    state.received()
+                );
                 tokio::time::sleep(std::time::Duration::from_millis(300 * u64::from(attempt)))
                     .await;
             }
             Err(e) => return Err(e),
         }
     };
+    writer.commit(Some(&blob.digest)).map_err(|e| match e {
+        crate::store::StoreError::DigestMismatch { expected, actual } => {
+            RegistryError::DigestMismatch {
+                what: format!("blob {expected}"),
+                expected,
+                actual,
+            }
+        }
+        other => RegistryError::Store(other),
+    })?;
     progress.blob_finished(&blob.digest, blob.size);
     Ok(size)
 }

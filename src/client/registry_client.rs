@@ -77,6 +77,27 @@ fn push_scope(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
+/// How far an interrupted blob download got: the bytes written so far and their running hash,
+/// so a retry asks only for the rest ([`RegistryClient::resume_download`]).
+pub struct DownloadState {
+    received: u64,
+    hasher: Hasher,
+}
+
+impl DownloadState {
+    pub fn new(digest: &Digest) -> DownloadState {
+        DownloadState {
+            received: 0,
+            hasher: Hasher::new(digest.algorithm()),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+}
+
 impl RegistryClient {
     /// A client for `registry` (as written in references: `docker.io`, `127.0.0.1:5000`).
     pub fn new(
@@ -336,17 +357,74 @@ impl RegistryClient {
         writer: &mut dyn Write,
         on_progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RegistryError> {
+        let mut state = DownloadState::new(digest);
+        self.resume_download(
+            repository,
+            digest,
+            expected_size,
+            &mut state,
+            writer,
+            on_progress,
+        )
+        .await
+    }
+
+    /// Like [`Self::download_blob`], continuing from `state`: after a transient failure, call
+    /// it again with the same state and writer and it asks only for the missing bytes
+    /// (`Range: bytes=N-`). A registry that ignores the range sends the whole blob again; the
+    /// bytes already written are then skipped.
+    pub async fn resume_download(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        state: &mut DownloadState,
+        writer: &mut dyn Write,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, RegistryError> {
         let what = format!("blob {digest} of {}/{repository}", self.registry);
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"))?;
         let scope = pull_scope(repository);
-        let response = self.send(&scope, || Ok(self.http.get(url.clone()))).await?;
+        let resume_from = state.received;
+        let response = self
+            .send(&scope, || {
+                let request = self.http.get(url.clone());
+                Ok(if resume_from > 0 {
+                    request.header(reqwest::header::RANGE, format!("bytes={resume_from}-"))
+                } else {
+                    request
+                })
+            })
+            .await?;
         let response = self.check(response, &format!("GET {what}"), &what).await?;
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut received: u64 = 0;
+        // Bytes of this response that were already written by an earlier attempt.
+        let mut to_skip = if response.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            let content_range = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("");
+            if !content_range.starts_with(&format!("bytes {resume_from}-")) {
+                return Err(RegistryError::SizeMismatch {
+                    what,
+                    expected: resume_from,
+                    actual: format!("a range starting elsewhere ({content_range:?})"),
+                });
+            }
+            0
+        } else {
+            resume_from
+        };
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| RegistryError::transport(&self.registry, &e))?;
-            received += chunk.len() as u64;
+            let skipped = to_skip.min(chunk.len() as u64);
+            to_skip -= skipped;
+            let chunk = &chunk[skipped as usize..];
+            if chunk.is_empty() {
+                continue;
+            }
+            let received = state.received + chunk.len() as u64;
             if let Some(size) = expected_size
                 && received > size
             {
@@ -356,16 +434,18 @@ impl RegistryClient {
                     actual: format!("more than {size}"),
                 });
             }
-            hasher.update(&chunk);
             writer
-                .write_all(&chunk)
+                .write_all(chunk)
                 .map_err(|source| RegistryError::Io {
                     what: format!("write {what}"),
                     source,
                 })?;
+            state.hasher.update(chunk);
+            state.received = received;
             on_progress(received);
         }
-        let actual = hasher.finish();
+        let received = state.received;
+        let actual = std::mem::replace(&mut state.hasher, Hasher::new(digest.algorithm())).finish();
         if &actual != digest {
             return Err(RegistryError::DigestMismatch {
                 what,
