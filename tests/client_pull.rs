@@ -1,6 +1,8 @@
 //! Pull against the real CNCF registry on 127.0.0.1:5000 (started by `scripts/test`): a first
 //! pull stores the image, a second fetches nothing, errors are one clear line, and a
-//! multi-arch index resolves to the requested platform.
+//! multi-arch index resolves to the requested platform, and a full disk fails cleanly.
+
+mod common;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,18 +15,10 @@ use imgbuild::digest::Digest;
 use imgbuild::reference::Reference;
 use imgbuild::store::Store;
 
-fn required_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through scripts/test (it starts the registry)")
-    })
-}
+use common::peer_registry;
 
 fn base_image() -> Reference {
-    Reference::parse(&required_env("IMGBUILD_TEST_BASE_IMAGE")).unwrap()
-}
-
-fn peer_registry() -> String {
-    required_env("IMGBUILD_TEST_PEER_REGISTRY")
+    Reference::parse(&common::base_image()).unwrap()
 }
 
 /// Counts blob downloads reported through the progress callbacks.
@@ -325,4 +319,47 @@ async fn pull_of_multi_arch_index_picks_the_requested_platform() {
             && err.contains("linux/arm64/v8, linux/amd64"),
         "{err}"
     );
+}
+
+/// Unmounts the test's tmpfs when dropped, whatever the test's outcome.
+struct TmpfsMount(std::path::PathBuf);
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn pull_onto_a_full_disk_fails_in_one_line_and_leaves_no_partial_state() {
+    let dir = common::temp_dir();
+    let mount_point = dir.path().join("small-disk");
+    std::fs::create_dir(&mount_point).unwrap();
+    // Room for the config and the store's files, not for busybox's 1 MB layer.
+    common::run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=600k",
+            "tmpfs",
+            mount_point.to_str().unwrap(),
+        ],
+    );
+    let _mount = TmpfsMount(mount_point.clone());
+    let root = mount_point.join("store");
+    let image = common::base_image();
+    let stderr = common::fails(common::imgbuild(&root, &["pull", "-q", &image]));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with(&format!("error: pull {image}: write blob sha256:")),
+        "{stderr}"
+    );
+    assert!(lines[0].contains("No space left on device"), "{stderr}");
+    let store = Store::open(&root).unwrap();
+    assert!(store.list_refs().unwrap().is_empty(), "nothing is tagged");
+    let leftovers = std::fs::read_dir(root.join("tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "no temp file is left behind");
 }

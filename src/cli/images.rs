@@ -221,9 +221,7 @@ pub fn pull(store: &Store, args: PullArgs) -> anyhow::Result<()> {
     };
     let progress = super::transfer::TransferProgress::new(args.quiet);
     let runtime = super::runtime()?;
-    let pulled = runtime
-        .block_on(crate::client::pull(store, &reference, &options, &progress))
-        .with_context(|| format!("cannot pull {}", reference.familiar()))?;
+    let pulled = runtime.block_on(crate::client::pull(store, &reference, &options, &progress))?;
     if !args.quiet {
         eprintln!("pulled {}", reference.familiar());
     }

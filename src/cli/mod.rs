@@ -146,10 +146,27 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_message(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: root`, leaving out a cause whose text
+/// the line already holds (many errors print their source in their own message).
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// A tokio runtime for the async parts (registry client) of a CLI command.
