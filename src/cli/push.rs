@@ -112,8 +112,7 @@ pub fn push_image(
     let progress = TransferProgress::new(quiet);
     let runtime = super::runtime()?;
     let report = runtime
-        .block_on(client::push(store, &local_ref, &dest, options, &progress))
-        .with_context(|| format!("cannot push {}", dest.familiar()))?;
+        .block_on(client::push(store, &local_ref, &dest, options, &progress))?;
     if !quiet {
         eprintln!("{report}");
     }

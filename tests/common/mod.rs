@@ -2,6 +2,8 @@
 //! engine and skopeo, and reading the environment `scripts/test` sets up.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
