@@ -1,6 +1,7 @@
 //! Real clients against `imgbuild serve`: skopeo copies in both directions (Docker and OCI
 //! formats), `docker push`/`pull`/`run` through the real Docker engine with a cross-repository
-//! mount, layer dedup on disk, and a kill -9 crash test of the real binary mid-upload.
+//! mount, layer dedup on disk, containerd (`ctr`) and podman pulls and pushes, and a kill -9
+//! crash test of the real binary mid-upload.
 //!
 //! Needs the parts `scripts/test` starts (Docker engine, peer registry with the base image);
 //! without them these tests fail and say so.
@@ -591,5 +592,57 @@ async fn containerd_pulls_and_pushes_through_ctr() {
         "containerd pushed the manifest byte for byte"
     );
     run_ctr(ctr(&["images", "rm", &first, &second])).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn podman_pulls_and_pushes() {
+    let base = base_image();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_registry(&dir.path().join("data")).await;
+    let ours = server.addr.to_string();
+    let first = format!("{ours}/podman/first:1");
+    let second = format!("{ours}/podman/second:1");
+    run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{base}"),
+            &format!("docker://{first}"),
+        ],
+    )
+    .await;
+    run("podman", &["pull", "-q", "--tls-verify=false", &first]).await;
+    run("podman", &["tag", &first, &second]).await;
+    run("podman", &["push", "-q", "--tls-verify=false", &second]).await;
+    // Podman may recompress layers on push; the uncompressed content (diff ids) must match.
+    let diff_ids = |image: String| async move {
+        let config = run(
+            "skopeo",
+            &[
+                "inspect",
+                "--config",
+                "--tls-verify=false",
+                &format!("docker://{image}"),
+            ],
+        )
+        .await;
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        config["rootfs"]["diff_ids"].clone()
+    };
+    let pushed = diff_ids(second.clone()).await;
+    assert!(pushed.as_array().is_some_and(|ids| !ids.is_empty()));
+    assert_eq!(pushed, diff_ids(first.clone()).await);
+    assert_blobs_verify(&dir.path().join("data"));
+    let tags = reqwest::get(format!("http://{ours}/v2/podman/second/tags/list"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(tags, r#"{"name":"podman/second","tags":["1"]}"#);
+    run("podman", &["rmi", "-f", &first, &second]).await;
     server.stop().await.unwrap();
 }

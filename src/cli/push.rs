@@ -111,8 +111,7 @@ pub fn push_image(
     };
     let progress = TransferProgress::new(quiet);
     let runtime = super::runtime()?;
-    let report = runtime
-        .block_on(client::push(store, &local_ref, &dest, options, &progress))?;
+    let report = runtime.block_on(client::push(store, &local_ref, &dest, options, &progress))?;
     if !quiet {
         eprintln!("{report}");
     }
