@@ -3,6 +3,8 @@
 //! repository mounts, Docker format conversion, and an htpasswd-protected registry started here
 //! refuses a push without credentials and accepts it after `login`.
 
+mod common;
+
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::Path;
@@ -17,15 +19,8 @@ use imgbuild::digest::Digest;
 use imgbuild::reference::Reference;
 use imgbuild::store::{RefEntry, Store};
 
-fn required_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests through scripts/test (it starts the registry)")
-    })
-}
-
-fn peer_registry() -> String {
-    required_env("IMGBUILD_TEST_PEER_REGISTRY")
-}
+use common::peer_registry;
+use common::serve::incompressible;
 
 fn required_tool(name: &str) {
     let found = Command::new("sh")
@@ -48,19 +43,6 @@ fn repository(label: &str) -> String {
     format!("test/push-{label}-{}-{nanos}", std::process::id())
 }
 
-/// Deterministic pseudo-random bytes (incompressible enough to be realistic).
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 /// Stores a fresh two-layer OCI image (a 3 MiB layer and a 10 kB layer, unique per call) and
 /// tags it as `name`. Returns (manifest digest, layer sizes + config size).
 fn store_fresh_image(store: &Store, name: &Reference) -> (Digest, u64) {
@@ -69,10 +51,10 @@ fn store_fresh_image(store: &Store, name: &Reference) -> (Digest, u64) {
         .unwrap()
         .as_nanos() as u64;
     let big = store
-        .put_blob_bytes(&pseudo_random(3 * 1024 * 1024 + 17, seed))
+        .put_blob_bytes(&incompressible(3 * 1024 * 1024 + 17, seed))
         .unwrap();
     let small = store
-        .put_blob_bytes(&pseudo_random(10_000, seed + 1))
+        .put_blob_bytes(&incompressible(10_000, seed + 1))
         .unwrap();
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
@@ -218,7 +200,7 @@ async fn push_in_docker_format_rewrites_media_types_and_changes_the_manifest_dig
 
 #[tokio::test]
 async fn pushing_a_pulled_image_mounts_from_its_source_repository() {
-    let base = Reference::parse(&required_env("IMGBUILD_TEST_BASE_IMAGE")).unwrap();
+    let base = Reference::parse(&common::base_image()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let pulled = pull(&store, &base, &PullOptions::default(), &NoProgress)
