@@ -106,9 +106,11 @@ layers_json=
 for i in 1 2 3 4; do
     mkdir -p "$work/layer$i"
     head -c 50000000 /dev/urandom >"$work/layer$i/data$i"
-    tar -C "$work/layer$i" -cf "$work/layer$i.tar" "data$i"
-    read -r digest bytes < <(add_blob "$work/layer$i.tar")
-    layers_json+="${layers_json:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"$digest\",\"size\":$bytes}"
+    # Compressed already, so skopeo sends the layers as they are instead of gzipping them.
+    tar -C "$work/layer$i" -cf - "data$i" | gzip -1 >"$work/layer$i.tar.gz"
+    rm -rf "$work/layer$i"
+    read -r digest bytes < <(add_blob "$work/layer$i.tar.gz")
+    layers_json+="${layers_json:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$digest\",\"size\":$bytes}"
 done
 printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' >"$work/image-config"
 read -r config_digest config_bytes < <(add_blob "$work/image-config")

@@ -32,7 +32,7 @@ use crate::digest::{Algorithm, Digest, Hasher};
 use crate::registry::name::{RepositoryName, UploadId};
 
 /// Read buffer used when streaming blobs out and when re-hashing an upload.
-const READ_CHUNK: usize = 1024 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 /// Upload bytes are written to disk in batches of this size.
 const WRITE_BATCH: usize = 1024 * 1024;
 /// Blob reads up to this size are done in one inline read (see [`inline`]).
