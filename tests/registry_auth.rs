@@ -862,7 +862,7 @@ async fn skopeo_copies_with_credentials_over_basic_and_token_auth() {
                 .await
             }
         };
-        let (ok, text) = copy(format!("bob:wrong")).await;
+        let (ok, text) = copy("bob:wrong".to_string()).await;
         assert!(!ok, "tokens={tokens}: wrong password must fail:\n{text}");
         let (ok, text) = copy(format!("carol:{CAROL_PW}")).await;
         assert!(

@@ -22,6 +22,30 @@ struct TokenRequest {
     scopes: Vec<String>,
 }
 
+/// Why a token request was refused before any token was made.
+enum Refusal {
+    /// 400 with an OAuth2 error code.
+    BadRequest { code: &'static str, message: String },
+    /// 401: the credentials are wrong or malformed.
+    Credentials(CredentialError),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::BadRequest { code, message } => bad_request(code, &message),
+            Refusal::Credentials(error) => refuse_credentials(&error),
+        }
+    }
+}
+
+fn invalid(message: String) -> Refusal {
+    Refusal::BadRequest {
+        code: "invalid_request",
+        message,
+    }
+}
+
 /// The `/token` handler (GET and POST).
 pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response {
     let Some(service) = auth.token.as_ref().filter(|t| t.signer.is_some()) else {
@@ -35,11 +59,14 @@ pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response 
     let parsed = match *request.method() {
         Method::GET => from_query(request),
         Method::POST => from_form(request).await,
-        _ => Err(bad_request("unsupported", "use GET or POST")),
+        _ => Err(Refusal::BadRequest {
+            code: "unsupported",
+            message: "use GET or POST".into(),
+        }),
     };
     let asked = match parsed {
         Ok(asked) => asked,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     if let Some(requested) = &asked.service
         && *requested != service.service
@@ -115,48 +142,44 @@ pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response 
     response
 }
 
-fn from_query(request: Request) -> Result<TokenRequest, Response> {
+fn from_query(request: Request) -> Result<TokenRequest, Refusal> {
     let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
-        .map_err(|e| bad_request("invalid_request", &format!("bad query string: {e}")))?
+        .map_err(|e| invalid(format!("bad query string: {e}")))?
         .0;
+    let malformed = || Refusal::Credentials(CredentialError::Malformed);
     let credentials = match request.headers().get(header::AUTHORIZATION) {
         None => None,
         Some(value) => {
-            let text = value
-                .to_str()
-                .map_err(|_| refuse_credentials(&CredentialError::Malformed))?;
+            let text = value.to_str().map_err(|_| malformed())?;
             let encoded = text
                 .strip_prefix("Basic ")
                 .or_else(|| text.strip_prefix("basic "))
-                .ok_or_else(|| refuse_credentials(&CredentialError::Malformed))?;
-            Some(parse_basic(encoded).map_err(|e| refuse_credentials(&e))?)
+                .ok_or_else(malformed)?;
+            Some(parse_basic(encoded).map_err(Refusal::Credentials)?)
         }
     };
     Ok(collect(pairs, credentials))
 }
 
-async fn from_form(request: Request) -> Result<TokenRequest, Response> {
+async fn from_form(request: Request) -> Result<TokenRequest, Refusal> {
     let axum::Form(pairs) = axum::Form::<Vec<(String, String)>>::from_request(request, &())
         .await
-        .map_err(|e| bad_request("invalid_request", &format!("reading the form: {e}")))?;
+        .map_err(|e| invalid(format!("reading the form: {e}")))?;
     let field = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     match field("grant_type").as_deref() {
         Some("password") => {}
         Some(other) => {
-            return Err(bad_request(
-                "unsupported_grant_type",
-                &format!("grant_type {other:?} is not supported; use \"password\""),
-            ));
+            return Err(Refusal::BadRequest {
+                code: "unsupported_grant_type",
+                message: format!("grant_type {other:?} is not supported; use \"password\""),
+            });
         }
-        None => return Err(bad_request("invalid_request", "grant_type is missing")),
+        None => return Err(invalid("grant_type is missing".into())),
     }
     let credentials = match (field("username"), field("password")) {
         (Some(user), Some(password)) => Some((user, password)),
         _ => {
-            return Err(bad_request(
-                "invalid_request",
-                "username and password are required",
-            ));
+            return Err(invalid("username and password are required".into()));
         }
     };
     Ok(collect(pairs, credentials))

@@ -175,11 +175,6 @@ impl Auth {
         &self.policy
     }
 
-    /// Whether this server issues tokens at `/token`.
-    pub fn issues_tokens(&self) -> bool {
-        self.token.as_ref().is_some_and(|t| t.signer.is_some())
-    }
-
     /// Identifies the sender of a request from its `Authorization` header.
     pub async fn authenticate(
         &self,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use super::access::{Action, Actions, format_actions, parse_actions};
+use super::access::{Actions, format_actions, parse_actions};
 
 /// One entry of a token's `access` claim (Docker's token format).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -294,13 +294,9 @@ pub fn narrow(scope: &Scope, allowed: &Actions) -> Scope {
     }
 }
 
-/// Whether `actions` includes `action` (a readability helper for callers).
-pub fn has(actions: &Actions, action: Action) -> bool {
-    actions.contains(&action)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::access::Action;
     use super::*;
 
     #[test]
