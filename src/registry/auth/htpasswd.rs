@@ -19,11 +19,10 @@ const DUMMY_HASH: &str = "$2y$05$j.umeHXJWjPmD8jd6E3re.cbJif3dkwRpJ90A3qpcguNcZF
 /// Why the htpasswd file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum HtpasswdError {
-    #[error("reading htpasswd file {path}: {source}")]
+    #[error("reading htpasswd file {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("htpasswd file {path} line {line}: {message}")]
     Entry {
@@ -39,6 +38,9 @@ pub struct Htpasswd {
     users: RwLock<HashMap<String, String>>,
     /// sha256(user NUL hash NUL password) -> when the check succeeded.
     recent: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Bounds concurrent bcrypt runs, so a flood of wrong passwords queues instead of
+    /// occupying every blocking thread.
+    bcrypt_slots: tokio::sync::Semaphore,
 }
 
 impl Htpasswd {
@@ -48,6 +50,7 @@ impl Htpasswd {
             path: path.to_path_buf(),
             users: RwLock::new(read_entries(path)?),
             recent: Mutex::new(HashMap::new()),
+            bcrypt_slots: tokio::sync::Semaphore::new(bcrypt_parallelism()),
         })
     }
 
@@ -77,6 +80,9 @@ impl Htpasswd {
         if self.remembered(&key) {
             return known;
         }
+        let Ok(_slot) = self.bcrypt_slots.acquire().await else {
+            return false;
+        };
         let password = password.to_string();
         let checked = hash.clone();
         let matches = tokio::task::spawn_blocking(move || {
@@ -114,6 +120,11 @@ impl std::fmt::Debug for Htpasswd {
     }
 }
 
+/// As many bcrypt checks at once as there are cores.
+fn bcrypt_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn cache_key(user: &str, hash: &str, password: &str) -> [u8; 32] {
     let mut hasher = Sha256::new();
     for part in [user, hash, password] {
@@ -124,9 +135,9 @@ fn cache_key(user: &str, hash: &str, password: &str) -> [u8; 32] {
 }
 
 fn read_entries(path: &Path) -> Result<HashMap<String, String>, HtpasswdError> {
-    let text = std::fs::read_to_string(path).map_err(|source| HtpasswdError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| HtpasswdError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_entries(&text).map_err(|(line, message)| HtpasswdError::Entry {
         path: path.to_path_buf(),

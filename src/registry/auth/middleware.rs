@@ -59,10 +59,17 @@ pub async fn require_access(
         return next.run(request).await;
     };
     let host = request_host(&request);
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("\u{0}invalid"));
+    let authorization = match request.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(text) => Some(text),
+            Err(_) => {
+                let challenge = auth.challenge(host.as_deref(), None, None);
+                let error = CredentialError::Malformed;
+                return unauthorized(&challenge, &error.to_string(), None);
+            }
+        },
+    };
     let identity = match auth.authenticate(authorization).await {
         Ok(identity) => identity,
         Err(error) => {

@@ -110,11 +110,10 @@ impl Claims {
 /// Why a token key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("reading token key {path}: {source}")]
+    #[error("reading token key {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("token key {path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -134,9 +133,9 @@ pub enum TokenError {
 }
 
 fn read_key(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
+    std::fs::read(path).map_err(|error| KeyError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
