@@ -147,6 +147,10 @@ impl Fixture {
 
     /// Starts a registry with the rules below, with or without the token flow.
     async fn start(&self, tokens: bool) -> RunningServer {
+        self.start_with(tokens, false).await
+    }
+
+    async fn start_with(&self, tokens: bool, anonymous_pull: bool) -> RunningServer {
         let token_section = if tokens {
             format!("[auth.token]\nkey = {:?}\n", self.path("token.key"))
         } else {
@@ -154,6 +158,9 @@ impl Fixture {
         };
         let text = format!(
             r#"
+[auth]
+anonymous_pull = {anonymous_pull}
+
 [auth.htpasswd]
 path = {htpasswd:?}
 {token_section}
@@ -177,10 +184,10 @@ actions = ["pull"]
 "#,
             htpasswd = self.path("htpasswd"),
         );
-        let config_path = self.path(if tokens { "token.toml" } else { "basic.toml" });
+        let config_path = self.path(&format!("registry-{tokens}-{anonymous_pull}.toml"));
         std::fs::write(&config_path, text).unwrap();
         let file = ConfigFile::load(&config_path).unwrap();
-        let data = self.path(if tokens { "data-token" } else { "data-basic" });
+        let data = self.path(&format!("data-{tokens}-{anonymous_pull}"));
         let mut config = RegistryConfig::new("127.0.0.1:0".parse().unwrap(), data);
         config.auth = Some(Arc::new(Auth::load(&file.auth, false).unwrap().unwrap()));
         spawn(&config).await.unwrap()
@@ -313,6 +320,7 @@ async fn basic_auth_refuses_every_way_in_and_allows_what_the_rules_say() {
         None,
         Some(basic("alice", "wrong")),
         Some(basic("mallory", ALICE_PW)),
+        Some(basic("", "")),
         Some("Basic !!!".to_string()),
         Some("Bearer not-a-token".to_string()),
         Some("Negotiate abc".to_string()),
@@ -376,7 +384,7 @@ async fn basic_auth_refuses_every_way_in_and_allows_what_the_rules_say() {
     assert_tricks_refused(addr, Some(&alice), &trick_cases(&tricks, true)).await;
     assert_tricks_refused(addr, None, &trick_cases(&tricks, false)).await;
     assert!(
-        !fixture.path("data-basic").join("carol").exists() && !fixture.path("carol").exists(),
+        !fixture.path("data-false-false").join("carol").exists() && !fixture.path("carol").exists(),
         "nothing was written outside the repositories addressed"
     );
 
@@ -767,6 +775,85 @@ async fn token_flow_refuses_every_way_in_and_grants_only_allowed_scopes() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_pull_lets_anyone_read_but_never_write() {
+    let fixture = Fixture::new().await;
+    let peer = required_env("IMGBUILD_TEST_PEER_REGISTRY");
+    for tokens in [false, true] {
+        let server = fixture.start_with(tokens, true).await;
+        let addr = server.addr;
+        let repository = format!("shared/{}", unique("anon"));
+        let destination = format!("docker://{addr}/{repository}:v1");
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &format!("bob:{BOB_PW}"),
+                &format!("docker://{peer}/test/busybox:latest"),
+                &destination,
+            ],
+            &[],
+            None,
+        )
+        .await;
+        // skopeo without credentials reads it.
+        let inspected = run(
+            "skopeo",
+            &["inspect", "--raw", "--tls-verify=false", &destination],
+            &[],
+            None,
+        )
+        .await;
+        assert!(
+            inspected.contains("schemaVersion"),
+            "tokens={tokens}: {inspected}"
+        );
+        // Writes and deletes without credentials are refused.
+        let (status, _) = raw_request(
+            addr,
+            "POST",
+            &format!("/v2/{repository}/blobs/uploads/"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 401, "tokens={tokens}");
+        let (status, _) = raw_request(
+            addr,
+            "DELETE",
+            &format!("/v2/{repository}/manifests/v1"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 401, "tokens={tokens}");
+        if tokens {
+            // An anonymous token asked for push grants pull only.
+            let (_, body) =
+                fetch_token(addr, None, &format!("repository:{repository}:pull,push")).await;
+            let token = body["token"].as_str().unwrap();
+            assert_eq!(
+                token_claims(token)["access"][0]["actions"],
+                serde_json::json!(["pull"])
+            );
+            let (status, _) = raw_request(
+                addr,
+                "POST",
+                &format!("/v2/{repository}/blobs/uploads/"),
+                Some(&bearer(token)),
+            )
+            .await;
+            assert_eq!(status, 401);
+        } else {
+            let (status, text) =
+                raw_request(addr, "GET", &format!("/v2/{repository}/tags/list"), None).await;
+            assert_eq!(status, 200, "{text}");
+        }
+        server.stop().await.unwrap();
+    }
 }
 
 /// Pulls the base image into Docker and returns its name.

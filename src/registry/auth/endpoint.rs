@@ -155,7 +155,9 @@ fn from_query(request: Request) -> Result<TokenRequest, Refusal> {
                 .strip_prefix("Basic ")
                 .or_else(|| text.strip_prefix("basic "))
                 .ok_or_else(malformed)?;
-            Some(parse_basic(encoded).map_err(Refusal::Credentials)?)
+            let (user, password) = parse_basic(encoded).map_err(Refusal::Credentials)?;
+            // Empty credentials (containers/image without a login) ask for anonymous access.
+            (!user.is_empty() || !password.is_empty()).then_some((user, password))
         }
     };
     Ok(collect(pairs, credentials))

@@ -186,6 +186,10 @@ impl Auth {
         let (scheme, rest) = value.split_once(' ').ok_or(CredentialError::Malformed)?;
         if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = parse_basic(rest)?;
+            if user.is_empty() && password.is_empty() {
+                // What containers/image (skopeo, podman) sends when it has no credentials.
+                return Ok(Identity::Anonymous);
+            }
             self.check_password(&user, &password).await?;
             Ok(Identity::User(user))
         } else if scheme.eq_ignore_ascii_case("bearer") {
