@@ -690,6 +690,10 @@ async fn token_flow_refuses_every_way_in_and_grants_only_allowed_scopes() {
         .await;
         assert_eq!(status, 401, "{what}: {text}");
         assert!(text.contains("error=\"invalid_token\""), "{what}: {text}");
+        assert!(
+            text.contains("scope=\"repository:alice/app:pull,push\""),
+            "{what}: {text}"
+        );
     }
     let (status, _) = raw_request(
         addr,

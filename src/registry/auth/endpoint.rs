@@ -48,7 +48,11 @@ fn invalid(message: String) -> Refusal {
 
 /// The `/token` handler (GET and POST).
 pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response {
-    let Some(service) = auth.token.as_ref().filter(|t| t.signer.is_some()) else {
+    let issuer = auth
+        .token
+        .as_ref()
+        .and_then(|service| service.signer.as_ref().map(|signer| (service, signer)));
+    let Some((service, signer)) = issuer else {
         return error_response(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
@@ -85,19 +89,16 @@ pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response 
     };
     let mut granted = Vec::new();
     for text in asked.scopes.iter().flat_map(|s| s.split(' ')) {
-        match Scope::parse(text) {
-            Some(scope @ Scope::Repository { .. }) => {
-                let Scope::Repository { name, .. } = &scope else {
-                    continue;
-                };
-                if RepositoryName::parse(name).is_none() {
-                    tracing::debug!(scope = %text, "token scope names an invalid repository");
-                    continue;
-                }
+        let Some(scope) = Scope::parse(text) else {
+            tracing::debug!(scope = %text, "token scope not understood");
+            continue;
+        };
+        match &scope {
+            Scope::Repository { name, .. } if RepositoryName::parse(name).is_some() => {
                 let allowed = auth.policy().allowed(user, name);
                 granted.push(narrow(&scope, &allowed));
             }
-            Some(Scope::Catalog) if user.is_some() => granted.push(Scope::Catalog),
+            Scope::Catalog if user.is_some() => granted.push(Scope::Catalog),
             _ => tracing::debug!(scope = %text, "token scope not granted"),
         }
     }
@@ -108,9 +109,9 @@ pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response 
         &granted,
         service.lifetime,
     );
-    let signed = match service.signer.as_ref().map(|s| s.sign(&claims)) {
-        Some(Ok(token)) => token,
-        Some(Err(e)) => {
+    let signed = match signer.sign(&claims) {
+        Ok(token) => token,
+        Err(e) => {
             tracing::error!(error = %e, "signing a token");
             return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,7 +120,6 @@ pub async fn token(State(auth): State<Arc<Auth>>, request: Request) -> Response 
                 None,
             );
         }
-        None => return bad_request("unsupported", "this registry does not issue tokens"),
     };
     tracing::info!(
         user = user.unwrap_or("<anonymous>"),

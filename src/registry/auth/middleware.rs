@@ -70,16 +70,19 @@ pub async fn require_access(
             }
         },
     };
+    let need = need_of(endpoint, request.method());
     let identity = match auth.authenticate(authorization).await {
         Ok(identity) => identity,
         Err(error) => {
             tracing::info!(%path, %error, "credentials refused");
             let token_error = matches!(error, CredentialError::Token(_)).then_some("invalid_token");
-            let challenge = auth.challenge(host.as_deref(), None, token_error);
+            // The scope lets a client with an expired token fetch the right new one at once.
+            let scope = challenge_scope(&need);
+            let challenge = auth.challenge(host.as_deref(), scope.as_deref(), token_error);
             return unauthorized(&challenge, &error.to_string(), None);
         }
     };
-    match need_of(endpoint, request.method()) {
+    match need {
         Need::Authenticated => {
             if matches!(identity, Identity::Anonymous) {
                 let challenge = auth.challenge(host.as_deref(), None, None);
@@ -118,6 +121,21 @@ pub async fn require_access(
             }
             next.run(request).await
         }
+    }
+}
+
+/// The scope to name in a challenge for `need` (none for invalid repository names).
+fn challenge_scope(need: &Need) -> Option<String> {
+    match need {
+        Need::Authenticated => None,
+        Need::Catalog => Some(Scope::Catalog.render()),
+        Need::Repository { name, actions } => RepositoryName::parse(name).map(|_| {
+            Scope::Repository {
+                name: name.clone(),
+                actions: actions.clone(),
+            }
+            .render()
+        }),
     }
 }
 

@@ -281,6 +281,68 @@ mod tests {
         assert!(parse_basic(&BASE64.encode("nocolon")).is_err());
     }
 
+    use crate::registry::config::{HtpasswdSection, TokenSection};
+
+    fn load_error(section: &AuthSection) -> String {
+        Auth::load(section, false).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn no_auth_configured_serves_everyone() {
+        assert!(
+            Auth::load(&AuthSection::default(), false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn refuses_settings_that_would_not_do_what_they_say() {
+        let rules_alone = AuthSection {
+            anonymous_pull: true,
+            ..AuthSection::default()
+        };
+        assert!(load_error(&rules_alone).contains("need [auth.htpasswd] or [auth.token]"));
+
+        let missing = AuthSection {
+            htpasswd: Some(HtpasswdSection {
+                path: "/nonexistent/htpasswd".into(),
+            }),
+            ..AuthSection::default()
+        };
+        assert!(load_error(&missing).contains("/nonexistent/htpasswd"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, "").unwrap();
+        let unknown_group = AuthSection {
+            htpasswd: Some(HtpasswdSection { path: htpasswd }),
+            access: vec![access::AccessRule {
+                repository: "**".into(),
+                users: Vec::new(),
+                groups: vec!["ops".into()],
+                actions: vec![access::Action::Pull],
+            }],
+            ..AuthSection::default()
+        };
+        assert!(load_error(&unknown_group).contains("\"ops\""));
+
+        let keyless = AuthSection {
+            token: Some(TokenSection::default()),
+            ..AuthSection::default()
+        };
+        assert!(load_error(&keyless).contains("needs `key`"));
+
+        let missing_key = AuthSection {
+            token: Some(TokenSection {
+                key: Some("/nonexistent/token.key".into()),
+                ..TokenSection::default()
+            }),
+            ..AuthSection::default()
+        };
+        assert!(load_error(&missing_key).contains("/nonexistent/token.key"));
+    }
+
     #[test]
     fn only_plain_hosts_go_into_challenges() {
         assert!(is_plain_host("127.0.0.1:5000"));
