@@ -153,6 +153,7 @@ async fn api_version_and_metrics(
     let route = match path {
         "/metrics" => "metrics",
         "/healthz" => "health",
+        "/token" => "token",
         _ => routes::parse_endpoint(path).map_or("other", |e| e.route_name()),
     };
     let method = request.method().as_str().to_string();
@@ -255,15 +256,13 @@ async fn serve_plain(
 }
 
 /// On SIGHUP, reloads the TLS certificate and the htpasswd file (each keeps its old contents
-/// when the new files are bad). The handler is installed before this returns.
+/// when the new files are bad). The handler is installed before this returns, also when there
+/// is nothing to reload, so that a reload never kills the server.
 fn spawn_reload_on_hangup(
     cert: Option<Arc<tls::ReloadableCert>>,
     auth: Option<Arc<auth::Auth>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    if cert.is_none() && auth.is_none() {
-        return None;
-    }
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(stream) => stream,
         Err(e) => {
@@ -273,6 +272,9 @@ fn spawn_reload_on_hangup(
     };
     Some(tokio::spawn(async move {
         while hangups.recv().await.is_some() {
+            if cert.is_none() && auth.is_none() {
+                tracing::info!("SIGHUP: no TLS certificate or htpasswd file to reload");
+            }
             if let Some(cert) = &cert {
                 match cert.reload() {
                     Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
