@@ -3,9 +3,11 @@
 //! until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::registry::auth::Auth;
 use crate::registry::config::{self, ConfigFile, RegistryConfig};
 
 /// How log lines are written to stderr.
@@ -58,7 +60,10 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<(RegistryConfig, LogFormat)> {
         (None, Some("json")) => LogFormat::Json,
         _ => LogFormat::Text,
     };
-    Ok((RegistryConfig::new(addr, data), log_format))
+    let mut config = RegistryConfig::new(addr, data);
+    config.auth = Auth::load(&file.auth, file.tls.is_some())?.map(Arc::new);
+    config.tls = file.tls;
+    Ok((config, log_format))
 }
 
 fn init_logging(format: LogFormat) {

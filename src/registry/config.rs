@@ -1,10 +1,16 @@
 //! The registry's configuration: defaults, the TOML file format, and validation. Sections for
-//! features of later releases (`[auth.htpasswd]`, `[storage]`, `[gc]`) are parsed so that a
-//! value this version cannot honour is refused with a clear message instead of being ignored.
+//! features of later releases (`[storage]`, `[gc]`) are parsed so that a value this version
+//! cannot honour is refused with a clear message instead of being ignored. `[auth]` and `[tls]`
+//! are described in docs/registry.md ("Securing the registry").
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::auth::Auth;
+use super::auth::access::AccessRule;
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
@@ -20,6 +26,10 @@ pub struct RegistryConfig {
     pub body_idle_timeout: Duration,
     /// Longest time a request may take apart from reading its body.
     pub request_timeout: Duration,
+    /// Loaded authentication and access rules; `None` serves everyone.
+    pub auth: Option<Arc<Auth>>,
+    /// Certificate and key files; `None` serves plain HTTP.
+    pub tls: Option<TlsSection>,
 }
 
 impl RegistryConfig {
@@ -30,6 +40,8 @@ impl RegistryConfig {
             data: data.into(),
             body_idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -64,20 +76,62 @@ pub struct ConfigFile {
     pub log_format: Option<String>,
     #[serde(default)]
     pub auth: AuthSection,
+    pub tls: Option<TlsSection>,
     pub storage: Option<StorageSection>,
     pub gc: Option<GcSection>,
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+/// `[auth]`: who may get in, and what they may do.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     pub htpasswd: Option<HtpasswdSection>,
+    pub token: Option<TokenSection>,
+    /// Anyone, without credentials, may pull every repository.
+    #[serde(default)]
+    pub anonymous_pull: bool,
+    /// `[auth.groups]`: group name -> user names.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// `[[auth.access]]` rules; none means every authenticated user may do everything.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// `[auth.htpasswd]`: bcrypt user file (`htpasswd -B`).
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HtpasswdSection {
     pub path: PathBuf,
+}
+
+/// `[auth.token]`: the Docker bearer-token flow (ES256 JWTs).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// Token server URL put into challenges; default `http(s)://<Host>/token` (this server).
+    pub realm: Option<String>,
+    /// `service` of challenges and the token audience [default: "imgbuild"].
+    pub service: Option<String>,
+    /// Token issuer [default: "imgbuild"].
+    pub issuer: Option<String>,
+    /// P-256 private key (PKCS#8 PEM): this server issues tokens at `/token`.
+    pub key: Option<PathBuf>,
+    /// P-256 public keys (PEM) of external token issuers whose tokens are accepted too.
+    #[serde(default)]
+    pub public_keys: Vec<PathBuf>,
+    /// How long issued tokens are valid [default: "5m"].
+    pub lifetime: Option<String>,
+}
+
+/// `[tls]`: serve HTTPS with these PEM files (reloaded on SIGHUP).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -113,13 +167,6 @@ impl ConfigFile {
             origin: origin.to_string(),
             message,
         };
-        if let Some(htpasswd) = &self.auth.htpasswd {
-            return Err(unsupported(format!(
-                "[auth.htpasswd] path = {:?}: htpasswd authentication is not implemented in this \
-                 version; refusing to serve without the authentication you asked for",
-                htpasswd.path
-            )));
-        }
         if let Some(storage) = &self.storage
             && let Some(driver) = &storage.driver
             && driver != "filesystem"
@@ -180,16 +227,51 @@ mod tests {
     }
 
     #[test]
+    fn reads_auth_and_tls_sections() {
+        let file = parse(
+            r#"
+[tls]
+cert = "/etc/imgbuild/cert.pem"
+key = "/etc/imgbuild/key.pem"
+[auth]
+anonymous_pull = true
+[auth.htpasswd]
+path = "/etc/imgbuild/htpasswd"
+[auth.token]
+key = "/etc/imgbuild/token.key"
+service = "reg"
+lifetime = "10m"
+[auth.groups]
+devs = ["alice", "bob"]
+[[auth.access]]
+repository = "team/**"
+groups = ["devs"]
+actions = ["pull", "push"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.tls.unwrap().cert,
+            PathBuf::from("/etc/imgbuild/cert.pem")
+        );
+        assert!(file.auth.anonymous_pull);
+        assert_eq!(file.auth.token.unwrap().service.as_deref(), Some("reg"));
+        assert_eq!(file.auth.groups["devs"], ["alice", "bob"]);
+        assert_eq!(file.auth.access[0].repository, "team/**");
+        let err = parse("[[auth.access]]\nrepository = \"x\"\nactions = [\"own\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("own"), "{err}");
+    }
+
+    #[test]
     fn refuses_unknown_keys_and_unsupported_values() {
         let err = parse("adr = \"x\"\n").unwrap_err().to_string();
         assert!(err.contains("adr"), "{err}");
-        let err = parse("[auth.htpasswd]\npath = \"/etc/htpasswd\"\n")
+        let err = parse("[auth.htpasswd]\npath = \"/etc/htpasswd\"\nbcrypt = 1\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("htpasswd authentication is not implemented"),
-            "{err}"
-        );
+        assert!(err.contains("bcrypt"), "{err}");
         let err = parse("[storage]\ndriver = \"s3\"\n")
             .unwrap_err()
             .to_string();

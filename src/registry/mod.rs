@@ -2,8 +2,10 @@
 //!
 //! Layering: `routes` (HTTP shapes) -> `service` (spec rules) -> `storage` (persistence).
 //! This module wires them into an axum router with the cross-cutting layers (API version
-//! header, metrics, tracing, timeouts) and runs it with graceful shutdown.
+//! header, metrics, tracing, timeouts, access control) and runs it over plain HTTP or TLS with
+//! graceful shutdown; SIGHUP reloads the TLS certificate and the htpasswd file.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod manifest;
@@ -12,6 +14,7 @@ pub mod name;
 pub mod routes;
 pub mod service;
 pub mod storage;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::serve::ListenerExt as _;
+use tokio::net::TcpListener;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 pub use config::RegistryConfig;
@@ -46,6 +50,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("serving HTTP: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -57,27 +63,41 @@ pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
         registry: Registry::new(storage, metrics.clone()),
         request_timeout: config.request_timeout,
     });
-    Router::new()
+    let mut app = Router::new()
         .route("/v2", any(routes::dispatch))
         .route("/v2/", any(routes::dispatch))
         .route("/v2/{*rest}", any(routes::dispatch))
         .route("/healthz", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(|request: Request| async move { routes::not_found(request.uri().path()) })
-        .with_state(state)
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            config.body_idle_timeout,
-        ))
-        .layer(middleware::from_fn(limit_headers))
-        .layer(middleware::from_fn_with_state(
-            metrics,
-            api_version_and_metrics,
-        ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-        )
+        .with_state(state);
+    if let Some(auth) = &config.auth {
+        let token_endpoint = Router::new()
+            .route(
+                "/token",
+                get(auth::endpoint::token).post(auth::endpoint::token),
+            )
+            .with_state(auth.clone());
+        app = app
+            .merge(token_endpoint)
+            .layer(middleware::from_fn_with_state(
+                auth.clone(),
+                auth::middleware::require_access,
+            ));
+    }
+    app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        config.body_idle_timeout,
+    ))
+    .layer(middleware::from_fn(limit_headers))
+    .layer(middleware::from_fn_with_state(
+        metrics,
+        api_version_and_metrics,
+    ))
+    .layer(
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+    )
 }
 
 /// `/healthz`: 200 when the data directory answers.
@@ -133,6 +153,7 @@ async fn api_version_and_metrics(
     let route = match path {
         "/metrics" => "metrics",
         "/healthz" => "health",
+        "/token" => "token",
         _ => routes::parse_endpoint(path).map_or("other", |e| e.route_name()),
     };
     let method = request.method().as_str().to_string();
@@ -147,13 +168,23 @@ async fn api_version_and_metrics(
 
 /// A bound, not yet running server.
 pub struct Server {
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     app: Router,
+    tls: Option<Arc<tls::ReloadableCert>>,
+    auth: Option<Arc<auth::Auth>>,
 }
 
 impl Server {
-    /// Opens the data directory and binds the listen address (port 0 picks a free port).
+    /// Opens the data directory, loads the TLS certificate, and binds the listen address
+    /// (port 0 picks a free port).
     pub async fn bind(config: &RegistryConfig) -> Result<Server, ServeError> {
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(tls::ReloadableCert::load(
+                &files.cert,
+                &files.key,
+            )?)),
+            None => None,
+        };
         let storage =
             FilesystemStorage::open(&config.data).map_err(|source| ServeError::Storage {
                 path: config.data.clone(),
@@ -168,6 +199,8 @@ impl Server {
         Ok(Server {
             listener,
             app: router(Arc::new(storage), config),
+            tls,
+            auth: config.auth.clone(),
         })
     }
 
@@ -181,18 +214,80 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let reloader = spawn_reload_on_hangup(self.tls.clone(), self.auth.clone());
+        let result = match self.tls {
+            Some(cert) => {
+                let config = tls::server_config(cert)?;
+                let listener =
+                    tls::TlsListener::new(self.listener, config).map_err(ServeError::Serve)?;
+                axum::serve(listener, self.app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(ServeError::Serve)
+            }
+            None => serve_plain(self.listener, self.app, shutdown).await,
+        };
+        if let Some(task) = reloader {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Serves plain HTTP on `listener`.
+async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    {
         // Responses go out as header and body writes: without TCP_NODELAY, Nagle's algorithm
         // and delayed ACKs would hold small streamed bodies back.
-        let listener = self.listener.tap_io(|tcp| {
+        let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, self.app)
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ServeError::Serve)
     }
+}
+
+/// On SIGHUP, reloads the TLS certificate and the htpasswd file (each keeps its old contents
+/// when the new files are bad). The handler is installed before this returns, also when there
+/// is nothing to reload, so that a reload never kills the server.
+fn spawn_reload_on_hangup(
+    cert: Option<Arc<tls::ReloadableCert>>,
+    auth: Option<Arc<auth::Auth>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates will not reload");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if cert.is_none() && auth.is_none() {
+                tracing::info!("SIGHUP: no TLS certificate or htpasswd file to reload");
+            }
+            if let Some(cert) = &cert {
+                match cert.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old certificate"),
+                }
+            }
+            if let Some(auth) = &auth
+                && let Err(e) = auth.reload()
+            {
+                tracing::error!(error = %e, "SIGHUP: keeping the old htpasswd users");
+            }
+        }
+    }))
 }
 
 /// A server running on a background task (for tests and embedding).
