@@ -1581,3 +1581,40 @@ async fn hostile_input_is_refused_with_4xx_never_500() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RegistryConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    config.header_read_timeout = Duration::from_millis(500);
+    let server = spawn(&config).await.unwrap();
+
+    // A complete request head is answered.
+    let mut prompt = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    prompt
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    prompt.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A head that stops half-way is cut off after the timeout, with nothing answered.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: regi")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+        .await
+        .expect("the server must close the connection");
+    assert!(
+        read.is_err() || rest.is_empty() || String::from_utf8_lossy(&rest).contains("408"),
+        "no response but a timeout: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    server.stop().await.unwrap();
+}

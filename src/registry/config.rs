@@ -26,6 +26,8 @@ pub struct RegistryConfig {
     pub body_idle_timeout: Duration,
     /// Longest time a request may take apart from reading its body.
     pub request_timeout: Duration,
+    /// Longest time a client may take to send a request's head.
+    pub header_read_timeout: Duration,
     /// Loaded authentication and access rules; `None` serves everyone.
     pub auth: Option<Arc<Auth>>,
     /// Certificate and key files; `None` serves plain HTTP.
@@ -40,6 +42,7 @@ impl RegistryConfig {
             data: data.into(),
             body_idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(300),
+            header_read_timeout: super::http::HEADER_READ_TIMEOUT,
             auth: None,
             tls: None,
         }

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod name;
@@ -172,6 +173,7 @@ pub struct Server {
     app: Router,
     tls: Option<Arc<tls::ReloadableCert>>,
     auth: Option<Arc<auth::Auth>>,
+    header_read_timeout: std::time::Duration,
 }
 
 impl Server {
@@ -201,6 +203,7 @@ impl Server {
             app: router(Arc::new(storage), config),
             tls,
             auth: config.auth.clone(),
+            header_read_timeout: config.header_read_timeout,
         })
     }
 
@@ -220,12 +223,10 @@ impl Server {
                 let config = tls::server_config(cert)?;
                 let listener =
                     tls::TlsListener::new(self.listener, config).map_err(ServeError::Serve)?;
-                axum::serve(listener, self.app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                    .map_err(ServeError::Serve)
+                http::serve(listener, self.app, self.header_read_timeout, shutdown).await;
+                Ok(())
             }
-            None => serve_plain(self.listener, self.app, shutdown).await,
+            None => serve_plain(self.listener, self.app, self.header_read_timeout, shutdown).await,
         };
         if let Some(task) = reloader {
             task.abort();
@@ -238,6 +239,7 @@ impl Server {
 async fn serve_plain(
     listener: TcpListener,
     app: Router,
+    header_read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     {
@@ -248,10 +250,8 @@ async fn serve_plain(
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Serve)
+        http::serve(listener, app, header_read_timeout, shutdown).await;
+        Ok(())
     }
 }
 
