@@ -2,10 +2,12 @@
 //!
 //! Layering: `routes` (HTTP shapes) -> `service` (spec rules) -> `storage` (persistence).
 //! This module wires them into an axum router with the cross-cutting layers (API version
-//! header, metrics, tracing, timeouts) and runs it with graceful shutdown.
+//! header, metrics, tracing, timeouts) and runs it with graceful shutdown, plus the periodic
+//! garbage collection when the config asks for it.
 
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod manifest;
 pub mod metrics;
 pub mod name;
@@ -52,9 +54,18 @@ pub enum ServeError {
 
 /// Builds the HTTP application over `storage`.
 pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
-    let metrics = Arc::new(Metrics::default());
+    router_with_metrics(storage, config, Arc::new(Metrics::default()))
+}
+
+/// Builds the HTTP application over `storage`, counting into `metrics`.
+pub fn router_with_metrics(
+    storage: Arc<dyn Storage>,
+    config: &RegistryConfig,
+    metrics: Arc<Metrics>,
+) -> Router {
     let state = Arc::new(routes::AppState {
-        registry: Registry::new(storage, metrics.clone()),
+        registry: Registry::new(storage, metrics.clone())
+            .with_immutable_tags(config.gc.immutable.clone()),
         request_timeout: config.request_timeout,
     });
     Router::new()
@@ -149,6 +160,13 @@ async fn api_version_and_metrics(
 pub struct Server {
     listener: tokio::net::TcpListener,
     app: Router,
+    /// The periodic garbage collection, started by `run` when configured.
+    periodic_gc: Option<(
+        Arc<dyn Storage>,
+        gc::GcPolicy,
+        std::time::Duration,
+        Arc<Metrics>,
+    )>,
 }
 
 impl Server {
@@ -165,9 +183,20 @@ impl Server {
                 addr: config.addr,
                 source,
             })?;
+        let storage: Arc<dyn Storage> = Arc::new(storage);
+        let metrics = Arc::new(Metrics::default());
+        let periodic_gc = config.gc_interval.map(|interval| {
+            (
+                storage.clone(),
+                config.gc.clone(),
+                interval,
+                metrics.clone(),
+            )
+        });
         Ok(Server {
             listener,
-            app: router(Arc::new(storage), config),
+            app: router_with_metrics(storage, config, metrics),
+            periodic_gc,
         })
     }
 
@@ -188,10 +217,19 @@ impl Server {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, self.app)
+        let gc_task = self
+            .periodic_gc
+            .map(|(storage, policy, interval, metrics)| {
+                gc::spawn_periodic(storage, policy, interval, metrics)
+            });
+        let result = axum::serve(listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(ServeError::Serve)
+            .map_err(ServeError::Serve);
+        if let Some(task) = gc_task {
+            task.abort();
+        }
+        result
     }
 }
 

@@ -1,16 +1,20 @@
 //! Registry logic between the HTTP routes and storage: repository existence, digest and
 //! reference checks, manifest validation (referenced content must exist), mounts, tag paging,
-//! and the referrers index. Knows the spec's rules; knows nothing about HTTP framing.
+//! and the referrers index, tag immutability, and the last-use stamps garbage collection relies
+//! on (see `registry::gc` for why a manifest PUT touches and re-checks after linking).
+//! Knows the spec's rules; knows nothing about HTTP framing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::error::ApiError;
+use super::gc::retention::ImmutableTags;
 use super::manifest::{self, OCI_INDEX};
 use super::metrics::Metrics;
 use super::name::{Reference, RepositoryName, UploadId};
-use super::storage::{ByteStream, Storage, StoredManifest};
+use super::storage::{ByteStream, Storage, StorageError, StoredManifest};
 use crate::digest::{Digest, Hasher};
 
 /// Largest manifest accepted, in bytes.
@@ -42,11 +46,71 @@ pub struct FoundManifest {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
+    immutable: ImmutableTags,
+    /// Serialises check-and-set of immutable tags, so two pushes cannot both create one.
+    immutable_lock: tokio::sync::Mutex<()>,
 }
+
+/// How often, and how long apart, a manifest PUT re-checks a referenced blob that a collection
+/// may be putting back (it is missing only for the instant of a move and back).
+const RECHECK_ATTEMPTS: u32 = 10;
+const RECHECK_PAUSE: Duration = Duration::from_millis(20);
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Registry {
-        Registry { storage, metrics }
+        Registry {
+            storage,
+            metrics,
+            immutable: ImmutableTags::default(),
+            immutable_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Protects the tags `immutable` matches from moving or being deleted.
+    pub fn with_immutable_tags(mut self, immutable: ImmutableTags) -> Registry {
+        self.immutable = immutable;
+        self
+    }
+
+    /// Stamps the blob as used now (for garbage collection's grace period). A backend without
+    /// garbage collection support has nothing to stamp.
+    async fn touch(&self, digest: &Digest) -> Result<(), ApiError> {
+        match self.storage.blob_touch(digest).await {
+            Ok(()) | Err(StorageError::Unsupported(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the blob is present, waiting out a collection that is putting it back.
+    async fn blob_still_present(&self, digest: &Digest) -> Result<bool, ApiError> {
+        for attempt in 0..RECHECK_ATTEMPTS {
+            if self.storage.blob_size(digest).await?.is_some() {
+                return Ok(true);
+            }
+            if attempt + 1 < RECHECK_ATTEMPTS {
+                tokio::time::sleep(RECHECK_PAUSE).await;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses to move `tag` of `repo` away from `digest` (or delete it, with `None`) when an
+    /// immutable rule protects it and it exists.
+    async fn check_tag_mutable(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        digest: Option<&Digest>,
+    ) -> Result<(), ApiError> {
+        if !self.immutable.is_immutable(repo.as_str(), tag) {
+            return Ok(());
+        }
+        match self.storage.tag_get(repo, tag).await? {
+            Some(current) if Some(&current) != digest => Err(ApiError::TagImmutable(format!(
+                "{repo}:{tag} points at {current} and is immutable; push a new tag instead"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -66,7 +130,10 @@ impl Registry {
         } else {
             None
         };
-        size.ok_or_else(|| ApiError::BlobUnknown(format!("{digest} in {repo}")))
+        let size = size.ok_or_else(|| ApiError::BlobUnknown(format!("{digest} in {repo}")))?;
+        // A client that finds a blob here may skip uploading it: keep it for the grace period.
+        self.touch(digest).await?;
+        Ok(size)
     }
 
     pub async fn blob_stream(
@@ -109,6 +176,11 @@ impl Registry {
             return Ok(None);
         };
         self.storage.link_blob(repo, digest).await?;
+        // Touch, then check: a collection either sees the touch or the mount sees it gone.
+        self.touch(digest).await?;
+        if self.storage.blob_size(digest).await?.is_none() {
+            return Ok(None);
+        }
         Ok(Some(size))
     }
 
@@ -147,6 +219,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<u64, ApiError> {
         let size = self.storage.upload_finish(repo, id, digest).await?;
+        self.touch(digest).await?;
         self.metrics.upload_completed();
         Ok(size)
     }
@@ -205,16 +278,38 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
+        let mut tags: Vec<&str> = extra_tags.iter().map(String::as_str).collect();
+        if let Reference::Tag(tag) = reference {
+            tags.insert(0, tag);
+        }
+        for tag in &tags {
+            self.check_tag_mutable(repo, tag, Some(&digest)).await?;
+        }
         for reference in &info.references {
             self.check_reference_exists(repo, reference).await?;
         }
+        let existed = self.storage.manifest_get(repo, &digest).await?.is_some();
         self.storage
             .manifest_put(repo, &digest, &info.media_type, bytes.clone())
             .await?;
-        if let Reference::Tag(tag) = reference {
-            self.storage.tag_set(repo, tag, &digest).await?;
+        if let Err(e) = self.confirm_references(repo, &digest, &bytes, &info).await {
+            if !existed {
+                self.storage.manifest_delete(repo, &digest).await?;
+            }
+            return Err(e);
         }
-        for tag in extra_tags {
+        let protected = tags
+            .iter()
+            .any(|tag| self.immutable.is_immutable(repo.as_str(), tag));
+        let _guard = if protected {
+            Some(self.immutable_lock.lock().await)
+        } else {
+            None
+        };
+        for tag in &tags {
+            if protected {
+                self.check_tag_mutable(repo, tag, Some(&digest)).await?;
+            }
             self.storage.tag_set(repo, tag, &digest).await?;
         }
         if let Some(subject) = &info.subject {
@@ -237,6 +332,38 @@ impl Registry {
             digest,
             subject: info.subject,
         })
+    }
+
+    /// After the manifest is linked: stamps its own blob and every blob it references as used
+    /// and checks they are still there (a collection that started before the link may have
+    /// removed them). The manifest's own blob is stored again if it went.
+    async fn confirm_references(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        bytes: &Bytes,
+        info: &manifest::ManifestInfo,
+    ) -> Result<(), ApiError> {
+        self.touch(digest).await?;
+        self.storage.blob_put(digest, bytes.clone()).await?;
+        for reference in &info.references {
+            let present = if reference.is_manifest {
+                self.storage
+                    .manifest_get(repo, &reference.digest)
+                    .await?
+                    .is_some()
+            } else {
+                self.touch(&reference.digest).await?;
+                self.blob_still_present(&reference.digest).await?
+            };
+            if !present {
+                return Err(ApiError::ManifestBlobUnknown(format!(
+                    "{} was removed by garbage collection while the manifest was pushed; push it again",
+                    reference.digest
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn check_reference_exists(
@@ -308,6 +435,7 @@ impl Registry {
     ) -> Result<(), ApiError> {
         match reference {
             Reference::Tag(tag) => {
+                self.check_tag_mutable(repo, tag, None).await?;
                 if self.storage.tag_delete(repo, tag).await? {
                     Ok(())
                 } else {
@@ -328,6 +456,13 @@ impl Registry {
                         )
                         .await);
                 };
+                if !self.immutable.rules.is_empty() {
+                    for tag in self.storage.tags(repo).await? {
+                        if self.storage.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
+                            self.check_tag_mutable(repo, &tag, None).await?;
+                        }
+                    }
+                }
                 if let Ok(info) = manifest::inspect(&stored.bytes, Some(&stored.media_type))
                     && let Some(subject) = info.subject
                 {
