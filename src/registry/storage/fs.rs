@@ -305,6 +305,12 @@ impl FilesystemStorage {
         if guard.repository != repo.as_str() {
             return Err(StorageError::UploadUnknown(id.to_string()));
         }
+        // Expired by a garbage collection (possibly `imgbuild registry gc` in another process).
+        let state_path = self.upload_dir(id).join("state.json");
+        if !tokio::fs::try_exists(&state_path).await.unwrap_or(false) {
+            self.lock_sessions().remove(id);
+            return Err(StorageError::UploadUnknown(id.to_string()));
+        }
         Ok(guard)
     }
 
