@@ -164,8 +164,7 @@ impl ConfigFile {
 
     /// The `[gc]`, `[[gc.retention]]` and `[[immutable]]` settings, validated.
     pub fn gc_settings(&self, origin: &str) -> Result<GcSettings, ConfigError> {
-        let mut policy = GcPolicy::default();
-        policy.immutable = ImmutableTags {
+        let immutable = ImmutableTags {
             rules: self
                 .immutable
                 .iter()
@@ -176,6 +175,10 @@ impl ConfigFile {
                     )
                 })
                 .collect(),
+        };
+        let mut policy = GcPolicy {
+            immutable,
+            ..GcPolicy::default()
         };
         let Some(gc) = &self.gc else {
             return Ok((None, policy));

@@ -156,17 +156,20 @@ async fn api_version_and_metrics(
     response
 }
 
+/// What the periodic collection needs: storage, policy, interval, and where to count.
+type PeriodicGc = (
+    Arc<dyn Storage>,
+    gc::GcPolicy,
+    std::time::Duration,
+    Arc<Metrics>,
+);
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: tokio::net::TcpListener,
     app: Router,
     /// The periodic garbage collection, started by `run` when configured.
-    periodic_gc: Option<(
-        Arc<dyn Storage>,
-        gc::GcPolicy,
-        std::time::Duration,
-        Arc<Metrics>,
-    )>,
+    periodic_gc: Option<PeriodicGc>,
 }
 
 impl Server {
