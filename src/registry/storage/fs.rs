@@ -176,6 +176,33 @@ fn touch_file(path: &Path) -> StorageResult<bool> {
     Ok(true)
 }
 
+/// A blob stays in the trash only for the instant between its move there and its removal or
+/// return; one older than this was left by a crash and is removed.
+const STALE_TRASH: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes trash entries moved there (ctime) longer than [`STALE_TRASH`] ago.
+fn remove_stale_trash(trash: &Path) -> StorageResult<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(limit) = SystemTime::now().checked_sub(STALE_TRASH) else {
+        return Ok(());
+    };
+    let limit_secs = limit
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for name in list_names(trash)? {
+        let path = trash.join(name);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.ctime() < limit_secs => {
+                remove_file_if_exists(&path)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("stat", &path)(e)),
+        }
+    }
+    Ok(())
+}
+
 /// The mtime of `path`, or `None` if it does not exist.
 fn modified(path: &Path) -> StorageResult<Option<(u64, SystemTime)>> {
     match fs::metadata(path) {
@@ -856,6 +883,7 @@ impl Storage for FilesystemStorage {
     async fn blob_list(&self) -> StorageResult<Vec<BlobInfo>> {
         let dir = self.root.join("blobs");
         blocking(move || {
+            remove_stale_trash(&dir.join(".trash"))?;
             let mut blobs = Vec::new();
             for (digest, path) in list_digest_files(&dir, true)? {
                 // Gone meanwhile (collected or in the trash): not listed.
