@@ -556,4 +556,184 @@ mod tests {
         assert!(page(all.clone(), Some(0), None).items.is_empty());
         assert_eq!(page(all, None, Some("c")).items, ["d"]);
     }
+
+    use crate::registry::storage::{FilesystemStorage, StorageResult};
+    use async_trait::async_trait;
+
+    /// Filesystem storage where a collection removes `victim` right after a manifest is
+    /// linked: the moment between a push's existence check and its touch.
+    struct CollectedMidPush {
+        inner: FilesystemStorage,
+        victim: Digest,
+    }
+
+    #[async_trait]
+    impl Storage for CollectedMidPush {
+        async fn blob_size(&self, d: &Digest) -> StorageResult<Option<u64>> {
+            self.inner.blob_size(d).await
+        }
+        async fn blob_read(&self, d: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+            self.inner.blob_read(d, start, len).await
+        }
+        async fn blob_put(&self, d: &Digest, bytes: Bytes) -> StorageResult<()> {
+            self.inner.blob_put(d, bytes).await
+        }
+        async fn repository_exists(&self, r: &RepositoryName) -> StorageResult<bool> {
+            self.inner.repository_exists(r).await
+        }
+        async fn repositories(&self) -> StorageResult<Vec<String>> {
+            self.inner.repositories().await
+        }
+        async fn link_blob(&self, r: &RepositoryName, d: &Digest) -> StorageResult<()> {
+            self.inner.link_blob(r, d).await
+        }
+        async fn blob_linked(&self, r: &RepositoryName, d: &Digest) -> StorageResult<bool> {
+            self.inner.blob_linked(r, d).await
+        }
+        async fn unlink_blob(&self, r: &RepositoryName, d: &Digest) -> StorageResult<bool> {
+            self.inner.unlink_blob(r, d).await
+        }
+        async fn upload_start(&self, r: &RepositoryName) -> StorageResult<UploadId> {
+            self.inner.upload_start(r).await
+        }
+        async fn upload_offset(&self, r: &RepositoryName, id: &UploadId) -> StorageResult<u64> {
+            self.inner.upload_offset(r, id).await
+        }
+        async fn upload_append(
+            &self,
+            r: &RepositoryName,
+            id: &UploadId,
+            start: Option<u64>,
+            len: Option<u64>,
+            body: ByteStream,
+        ) -> StorageResult<u64> {
+            self.inner.upload_append(r, id, start, len, body).await
+        }
+        async fn upload_finish(
+            &self,
+            r: &RepositoryName,
+            id: &UploadId,
+            d: &Digest,
+        ) -> StorageResult<u64> {
+            self.inner.upload_finish(r, id, d).await
+        }
+        async fn upload_cancel(&self, r: &RepositoryName, id: &UploadId) -> StorageResult<()> {
+            self.inner.upload_cancel(r, id).await
+        }
+        async fn upload_count(&self) -> StorageResult<u64> {
+            self.inner.upload_count().await
+        }
+        async fn manifest_put(
+            &self,
+            r: &RepositoryName,
+            d: &Digest,
+            media_type: &str,
+            bytes: Bytes,
+        ) -> StorageResult<()> {
+            self.inner.manifest_put(r, d, media_type, bytes).await?;
+            self.inner.blob_delete(&self.victim).await.map(|_| ())
+        }
+        async fn manifest_get(
+            &self,
+            r: &RepositoryName,
+            d: &Digest,
+        ) -> StorageResult<Option<StoredManifest>> {
+            self.inner.manifest_get(r, d).await
+        }
+        async fn manifest_delete(&self, r: &RepositoryName, d: &Digest) -> StorageResult<bool> {
+            self.inner.manifest_delete(r, d).await
+        }
+        async fn tag_set(&self, r: &RepositoryName, t: &str, d: &Digest) -> StorageResult<()> {
+            self.inner.tag_set(r, t, d).await
+        }
+        async fn tag_get(&self, r: &RepositoryName, t: &str) -> StorageResult<Option<Digest>> {
+            self.inner.tag_get(r, t).await
+        }
+        async fn tag_delete(&self, r: &RepositoryName, t: &str) -> StorageResult<bool> {
+            self.inner.tag_delete(r, t).await
+        }
+        async fn tags(&self, r: &RepositoryName) -> StorageResult<Vec<String>> {
+            self.inner.tags(r).await
+        }
+        async fn referrer_add(
+            &self,
+            r: &RepositoryName,
+            subject: &Digest,
+            referrer: &Digest,
+            descriptor: &serde_json::Value,
+        ) -> StorageResult<()> {
+            self.inner
+                .referrer_add(r, subject, referrer, descriptor)
+                .await
+        }
+        async fn referrer_remove(
+            &self,
+            r: &RepositoryName,
+            subject: &Digest,
+            referrer: &Digest,
+        ) -> StorageResult<()> {
+            self.inner.referrer_remove(r, subject, referrer).await
+        }
+        async fn referrers(
+            &self,
+            r: &RepositoryName,
+            subject: &Digest,
+        ) -> StorageResult<Vec<serde_json::Value>> {
+            self.inner.referrers(r, subject).await
+        }
+        async fn blob_touch(&self, d: &Digest) -> StorageResult<()> {
+            self.inner.blob_touch(d).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_whose_blob_is_collected_mid_push_fails_and_tags_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = FilesystemStorage::open(dir.path()).unwrap();
+        let repo = RepositoryName::parse("team/app").unwrap();
+        let mut digests = Vec::new();
+        for content in [&b"config"[..], b"layer"] {
+            let digest = Digest::sha256_of(content);
+            inner
+                .blob_put(&digest, Bytes::copy_from_slice(content))
+                .await
+                .unwrap();
+            inner.link_blob(&repo, &digest).await.unwrap();
+            digests.push(digest);
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[0].to_string(), "size": 6},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digests[1].to_string(), "size": 5}],
+        })
+        .to_string();
+        let storage = Arc::new(CollectedMidPush {
+            inner,
+            victim: digests[1].clone(),
+        });
+        let registry = Registry::new(storage.clone(), Arc::new(Metrics::default()));
+        let result = registry
+            .put_manifest(
+                &repo,
+                &Reference::Tag("v1".into()),
+                None,
+                Bytes::from(manifest.clone()),
+                &[],
+            )
+            .await;
+        assert!(
+            matches!(result, Err(ApiError::ManifestBlobUnknown(_))),
+            "{result:?}"
+        );
+        assert_eq!(storage.tag_get(&repo, "v1").await.unwrap(), None);
+        let digest = Digest::sha256_of(manifest.as_bytes());
+        assert!(
+            storage
+                .manifest_get(&repo, &digest)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
 }
