@@ -511,8 +511,8 @@ async fn binary_reads_config_file_and_stops_cleanly_on_sigterm() {
     assert_eq!(first["fields"]["message"], "registry listening");
     assert!(log.contains("SIGTERM received"), "{log}");
 
-    // An unsupported setting is refused with a message naming it.
-    std::fs::write(&config, "[gc]\nenabled = true\n").unwrap();
+    // An invalid setting is refused with a message naming it.
+    std::fs::write(&config, "[gc]\ngrace = \"soon\"\n").unwrap();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -520,9 +520,7 @@ async fn binary_reads_config_file_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert!(!output.status.success());
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("garbage collection is not implemented")
-    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[gc] grace = \"soon\""));
 }
 
 /// The containerd socket of the Docker engine that `scripts/test` starts.

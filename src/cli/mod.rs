@@ -2,6 +2,7 @@
 //! No logic of its own: each subcommand calls into the library.
 mod archive;
 mod build;
+mod gc;
 mod images;
 mod progress;
 mod prune;
@@ -66,6 +67,9 @@ pub enum Command {
 pub enum RegistryCommand {
     /// Run the bundled OCI registry (same as `imgbuild serve`).
     Serve(serve::ServeArgs),
+    /// Remove unreferenced blobs, apply retention rules and expire abandoned uploads
+    /// (safe while the registry serves).
+    Gc(gc::GcArgs),
 }
 
 const SUBCOMMANDS: &[&str] = &[
@@ -142,6 +146,7 @@ pub fn main() -> ExitCode {
         Command::Login(args) => push::login(args),
         Command::Logout(args) => push::logout(args),
         Command::Serve(args) | Command::Registry(RegistryCommand::Serve(args)) => serve::run(args),
+        Command::Registry(RegistryCommand::Gc(args)) => gc::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,16 +53,19 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<(RegistryConfig, LogFormat)> {
     let data = args
         .data
         .clone()
-        .or(file.data)
+        .or(file.data.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA));
     let log_format = match (args.log_format, file.log_format.as_deref()) {
         (Some(flag), _) => flag,
         (None, Some("json")) => LogFormat::Json,
         _ => LogFormat::Text,
     };
+    let (gc_interval, gc_policy) = file.gc_settings(&file_origin)?;
     let mut config = RegistryConfig::new(addr, data);
     config.auth = Auth::load(&file.auth, file.tls.is_some())?.map(Arc::new);
     config.tls = file.tls;
+    config.gc_interval = gc_interval;
+    config.gc = gc_policy;
     Ok((config, log_format))
 }
 
@@ -87,6 +90,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let server = crate::registry::Server::bind(&config).await?;
         let addr = server.local_addr()?;
         tracing::info!(%addr, data = %config.data.display(), "registry listening");
+        if let Some(interval) = config.gc_interval {
+            tracing::info!(
+                interval = %humantime::format_duration(interval),
+                grace = %humantime::format_duration(config.gc.grace),
+                "garbage collection scheduled"
+            );
+        }
         server.run(crate::registry::shutdown_signal()).await?;
         tracing::info!("registry stopped");
         anyhow::Ok(())

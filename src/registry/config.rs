@@ -1,7 +1,9 @@
 //! The registry's configuration: defaults, the TOML file format, and validation. Sections for
-//! features of later releases (`[storage]`, `[gc]`) are parsed so that a value this version
-//! cannot honour is refused with a clear message instead of being ignored. `[auth]` and `[tls]`
-//! are described in docs/registry.md ("Securing the registry").
+//! features of later releases (`[storage]`) are parsed so that a value this version cannot
+//! honour is refused with a clear message instead of being ignored. `[auth]` and `[tls]` are
+//! described in docs/registry.md ("Securing the registry"); `[gc]`, `[[gc.retention]]` and
+//! `[[immutable]]` configure garbage collection, retention and tag immutability (see
+//! `registry::gc`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +13,8 @@ use std::time::Duration;
 
 use super::auth::Auth;
 use super::auth::access::AccessRule;
+use super::gc::GcPolicy;
+use super::gc::retention::{ImmutableTags, Pattern, RetentionRule};
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
@@ -32,6 +36,10 @@ pub struct RegistryConfig {
     pub auth: Option<Arc<Auth>>,
     /// Certificate and key files; `None` serves plain HTTP.
     pub tls: Option<TlsSection>,
+    /// How often `imgbuild serve` collects garbage; `None`: never on its own.
+    pub gc_interval: Option<Duration>,
+    /// Grace period, upload expiry, retention rules and immutable tags.
+    pub gc: GcPolicy,
 }
 
 impl RegistryConfig {
@@ -45,6 +53,8 @@ impl RegistryConfig {
             header_read_timeout: super::http::HEADER_READ_TIMEOUT,
             auth: None,
             tls: None,
+            gc_interval: None,
+            gc: GcPolicy::default(),
         }
     }
 }
@@ -82,6 +92,8 @@ pub struct ConfigFile {
     pub tls: Option<TlsSection>,
     pub storage: Option<StorageSection>,
     pub gc: Option<GcSection>,
+    #[serde(default)]
+    pub immutable: Vec<ImmutableSection>,
 }
 
 /// `[auth]`: who may get in, and what they may do.
@@ -143,11 +155,53 @@ pub struct StorageSection {
     pub driver: Option<String>,
 }
 
-#[derive(Debug, serde::Deserialize)]
+/// `[gc]`: durations are humantime strings ("90s", "1h", "7days").
+#[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcSection {
+    /// `false` turns the periodic collection off; `true` without `interval` means every hour.
     pub enabled: Option<bool>,
+    /// How often `imgbuild serve` collects.
+    pub interval: Option<String>,
+    /// How long a blob is kept after its last use [default 1h].
+    pub grace: Option<String>,
+    /// How long an upload session may stay idle [default 24h].
+    pub upload_expiry: Option<String>,
+    #[serde(default)]
+    pub retention: Vec<RetentionSection>,
 }
+
+/// `[[gc.retention]]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Repository glob (`*` within a path segment, `**` across).
+    pub repository: String,
+    /// Tag glob that `keep_last` counts [default "*"].
+    pub tags: Option<String>,
+    pub keep_last: Option<usize>,
+    pub untagged_after: Option<String>,
+}
+
+/// `[[immutable]]`: tags that never move and cannot be deleted once pushed.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableSection {
+    pub repository: String,
+    /// Tag glob [default "*"].
+    pub tags: Option<String>,
+}
+
+/// Parses a humantime duration from the config file.
+fn parse_duration(value: &str, key: &str, origin: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| ConfigError::Unsupported {
+        origin: origin.to_string(),
+        message: format!("{key} = {value:?}: {e} (write e.g. \"30s\", \"1h\", \"7days\")"),
+    })
+}
+
+/// Periodic collection interval and policy from the file.
+pub type GcSettings = (Option<Duration>, GcPolicy);
 
 impl ConfigFile {
     /// Reads and parses a config file.
@@ -164,6 +218,77 @@ impl ConfigFile {
         Ok(file)
     }
 
+    /// The `[gc]`, `[[gc.retention]]` and `[[immutable]]` settings, validated.
+    pub fn gc_settings(&self, origin: &str) -> Result<GcSettings, ConfigError> {
+        let immutable = ImmutableTags {
+            rules: self
+                .immutable
+                .iter()
+                .map(|rule| {
+                    (
+                        Pattern::new(&rule.repository),
+                        Pattern::new(rule.tags.as_deref().unwrap_or("*")),
+                    )
+                })
+                .collect(),
+        };
+        let mut policy = GcPolicy {
+            immutable,
+            ..GcPolicy::default()
+        };
+        let Some(gc) = &self.gc else {
+            return Ok((None, policy));
+        };
+        if let Some(grace) = &gc.grace {
+            policy.grace = parse_duration(grace, "[gc] grace", origin)?;
+        }
+        if let Some(expiry) = &gc.upload_expiry {
+            policy.upload_expiry = parse_duration(expiry, "[gc] upload_expiry", origin)?;
+        }
+        for (i, rule) in gc.retention.iter().enumerate() {
+            let untagged_after = rule
+                .untagged_after
+                .as_deref()
+                .map(|value| {
+                    parse_duration(
+                        value,
+                        &format!("[[gc.retention]] #{} untagged_after", i + 1),
+                        origin,
+                    )
+                })
+                .transpose()?;
+            if rule.keep_last.is_none() && untagged_after.is_none() {
+                return Err(ConfigError::Unsupported {
+                    origin: origin.to_string(),
+                    message: format!(
+                        "[[gc.retention]] #{} (repository = {:?}) has neither keep_last nor untagged_after",
+                        i + 1,
+                        rule.repository
+                    ),
+                });
+            }
+            policy.retention.push(RetentionRule {
+                repository: Pattern::new(&rule.repository),
+                tags: Pattern::new(rule.tags.as_deref().unwrap_or("*")),
+                keep_last: rule.keep_last,
+                untagged_after,
+            });
+        }
+        let interval = match (&gc.interval, gc.enabled) {
+            (_, Some(false)) => None,
+            (Some(interval), _) => Some(parse_duration(interval, "[gc] interval", origin)?),
+            (None, Some(true)) => Some(Duration::from_secs(3600)),
+            (None, None) => None,
+        };
+        if interval == Some(Duration::ZERO) {
+            return Err(ConfigError::Unsupported {
+                origin: origin.to_string(),
+                message: "[gc] interval must be more than 0".into(),
+            });
+        }
+        Ok((interval, policy))
+    }
+
     /// Refuses settings this version cannot honour.
     fn check_supported(&self, origin: &str) -> Result<(), ConfigError> {
         let unsupported = |message: String| ConfigError::Unsupported {
@@ -178,13 +303,7 @@ impl ConfigFile {
                 "[storage] driver = {driver:?} is not supported; only \"filesystem\" is"
             )));
         }
-        if let Some(gc) = &self.gc
-            && gc.enabled == Some(true)
-        {
-            return Err(unsupported(
-                "[gc] enabled = true: garbage collection is not implemented in this version".into(),
-            ));
-        }
+        self.gc_settings(origin)?;
         if let Some(format) = &self.log_format
             && format != "json"
             && format != "text"
@@ -279,13 +398,48 @@ actions = ["pull", "push"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("only \"filesystem\""), "{err}");
-        let err = parse("[gc]\nenabled = true\n").unwrap_err().to_string();
-        assert!(err.contains("garbage collection"), "{err}");
+        let err = parse("[gc]\ngrace = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("[gc] grace"), "{err}");
+        let err = parse("[[gc.retention]]\nrepository = \"a\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither keep_last nor untagged_after"),
+            "{err}"
+        );
         assert!(
             parse_addr("nope", "--addr")
                 .unwrap_err()
                 .to_string()
                 .contains("--addr")
         );
+    }
+
+    #[test]
+    fn reads_gc_retention_and_immutable_sections() {
+        let file = parse(
+            "[gc]\ninterval = \"10m\"\ngrace = \"30s\"\nupload_expiry = \"2h\"\n\
+             [[gc.retention]]\nrepository = \"team/**\"\ntags = \"v*\"\nkeep_last = 3\n\
+             [[gc.retention]]\nrepository = \"*\"\nuntagged_after = \"7days\"\n\
+             [[immutable]]\nrepository = \"release/*\"\ntags = \"v*\"\n",
+        )
+        .unwrap();
+        let (interval, policy) = file.gc_settings("test").unwrap();
+        assert_eq!(interval, Some(Duration::from_secs(600)));
+        assert_eq!(policy.grace, Duration::from_secs(30));
+        assert_eq!(policy.upload_expiry, Duration::from_secs(7200));
+        assert_eq!(policy.retention.len(), 2);
+        assert_eq!(policy.retention[0].keep_last, Some(3));
+        assert_eq!(
+            policy.retention[1].untagged_after,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert!(policy.immutable.is_immutable("release/app", "v1"));
+        assert!(!policy.immutable.is_immutable("release/app", "latest"));
+        let (interval, _) = parse("[gc]\nenabled = false\ninterval = \"1m\"\n")
+            .unwrap()
+            .gc_settings("test")
+            .unwrap();
+        assert_eq!(interval, None);
     }
 }

@@ -45,6 +45,9 @@ pub enum ApiError {
     UploadRangeInvalid { detail: String, offset: u64 },
     #[error("pagination parameter invalid: {0}")]
     PaginationInvalid(String),
+    /// A tag protected by an `[[immutable]]` rule would move or be deleted.
+    #[error("tag is immutable: {0}")]
+    TagImmutable(String),
     #[error("internal storage error: {0}")]
     Internal(String),
 }
@@ -72,6 +75,7 @@ impl ApiError {
             RangeInvalid { .. } => ("BLOB_UNKNOWN", StatusCode::RANGE_NOT_SATISFIABLE),
             UploadRangeInvalid { .. } => ("BLOB_UPLOAD_INVALID", StatusCode::RANGE_NOT_SATISFIABLE),
             PaginationInvalid(_) => ("PAGINATION_NUMBER_INVALID", StatusCode::BAD_REQUEST),
+            TagImmutable(_) => ("DENIED", StatusCode::CONFLICT),
             Internal(_) => ("UNKNOWN", StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

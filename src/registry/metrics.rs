@@ -1,5 +1,5 @@
 //! Prometheus metrics of the registry: requests by route, method and status; bytes in and out;
-//! upload sessions. Rendered in the Prometheus text exposition format at `/metrics`.
+//! upload sessions; garbage collection runs and what they reclaimed. Rendered in the Prometheus text exposition format at `/metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +14,13 @@ pub struct Metrics {
     bytes_out: AtomicU64,
     uploads_started: AtomicU64,
     uploads_completed: AtomicU64,
+    gc_runs: AtomicU64,
+    gc_failures: AtomicU64,
+    gc_bytes_reclaimed: AtomicU64,
+    gc_blobs_deleted: AtomicU64,
+    gc_manifests_deleted: AtomicU64,
+    gc_tags_deleted: AtomicU64,
+    gc_uploads_expired: AtomicU64,
 }
 
 impl Metrics {
@@ -38,6 +45,29 @@ impl Metrics {
 
     pub fn upload_completed(&self) {
         self.uploads_completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished garbage collection (a dry run counts nothing).
+    pub fn gc_finished(&self, report: &crate::registry::gc::GcReport) {
+        if report.dry_run {
+            return;
+        }
+        self.gc_runs.fetch_add(1, Ordering::Relaxed);
+        self.gc_bytes_reclaimed
+            .fetch_add(report.bytes_reclaimed(), Ordering::Relaxed);
+        let counts = [
+            (&self.gc_blobs_deleted, report.blobs.len()),
+            (&self.gc_manifests_deleted, report.manifests.len()),
+            (&self.gc_tags_deleted, report.tags.len()),
+            (&self.gc_uploads_expired, report.uploads.len()),
+        ];
+        for (counter, n) in counts {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn gc_failed(&self) {
+        self.gc_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text format; `open_uploads` is the current number of upload sessions.
@@ -76,6 +106,41 @@ impl Metrics {
                 "imgbuild_registry_uploads_completed_total",
                 "Blob uploads completed and verified.",
                 &self.uploads_completed,
+            ),
+            (
+                "imgbuild_registry_gc_runs_total",
+                "Garbage collections completed.",
+                &self.gc_runs,
+            ),
+            (
+                "imgbuild_registry_gc_failures_total",
+                "Garbage collections that stopped with an error.",
+                &self.gc_failures,
+            ),
+            (
+                "imgbuild_registry_gc_bytes_reclaimed_total",
+                "Bytes of blobs removed by garbage collection.",
+                &self.gc_bytes_reclaimed,
+            ),
+            (
+                "imgbuild_registry_gc_blobs_deleted_total",
+                "Blobs removed by garbage collection.",
+                &self.gc_blobs_deleted,
+            ),
+            (
+                "imgbuild_registry_gc_manifests_deleted_total",
+                "Manifests removed by retention rules.",
+                &self.gc_manifests_deleted,
+            ),
+            (
+                "imgbuild_registry_gc_tags_deleted_total",
+                "Tags removed by retention rules.",
+                &self.gc_tags_deleted,
+            ),
+            (
+                "imgbuild_registry_gc_uploads_expired_total",
+                "Abandoned upload sessions removed.",
+                &self.gc_uploads_expired,
             ),
         ];
         for (name, help, value) in counters {

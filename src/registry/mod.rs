@@ -3,11 +3,13 @@
 //! Layering: `routes` (HTTP shapes) -> `service` (spec rules) -> `storage` (persistence).
 //! This module wires them into an axum router with the cross-cutting layers (API version
 //! header, metrics, tracing, timeouts, access control) and runs it over plain HTTP or TLS with
-//! graceful shutdown; SIGHUP reloads the TLS certificate and the htpasswd file.
+//! graceful shutdown, plus the periodic garbage collection when the config asks for it; SIGHUP
+//! reloads the TLS certificate and the htpasswd file.
 
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gc;
 pub mod http;
 pub mod manifest;
 pub mod metrics;
@@ -59,9 +61,18 @@ pub enum ServeError {
 
 /// Builds the HTTP application over `storage`.
 pub fn router(storage: Arc<dyn Storage>, config: &RegistryConfig) -> Router {
-    let metrics = Arc::new(Metrics::default());
+    router_with_metrics(storage, config, Arc::new(Metrics::default()))
+}
+
+/// Builds the HTTP application over `storage`, counting into `metrics`.
+pub fn router_with_metrics(
+    storage: Arc<dyn Storage>,
+    config: &RegistryConfig,
+    metrics: Arc<Metrics>,
+) -> Router {
     let state = Arc::new(routes::AppState {
-        registry: Registry::new(storage, metrics.clone()),
+        registry: Registry::new(storage, metrics.clone())
+            .with_immutable_tags(config.gc.immutable.clone()),
         request_timeout: config.request_timeout,
     });
     let mut app = Router::new()
@@ -167,6 +178,14 @@ async fn api_version_and_metrics(
     response
 }
 
+/// What the periodic collection needs: storage, policy, interval, and where to count.
+type PeriodicGc = (
+    Arc<dyn Storage>,
+    gc::GcPolicy,
+    std::time::Duration,
+    Arc<Metrics>,
+);
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
@@ -174,6 +193,8 @@ pub struct Server {
     tls: Option<Arc<tls::ReloadableCert>>,
     auth: Option<Arc<auth::Auth>>,
     header_read_timeout: std::time::Duration,
+    /// The periodic garbage collection, started by `run` when configured.
+    periodic_gc: Option<PeriodicGc>,
 }
 
 impl Server {
@@ -198,12 +219,23 @@ impl Server {
                 addr: config.addr,
                 source,
             })?;
+        let storage: Arc<dyn Storage> = Arc::new(storage);
+        let metrics = Arc::new(Metrics::default());
+        let periodic_gc = config.gc_interval.map(|interval| {
+            (
+                storage.clone(),
+                config.gc.clone(),
+                interval,
+                metrics.clone(),
+            )
+        });
         Ok(Server {
             listener,
-            app: router(Arc::new(storage), config),
+            app: router_with_metrics(storage, config, metrics),
             tls,
             auth: config.auth.clone(),
             header_read_timeout: config.header_read_timeout,
+            periodic_gc,
         })
     }
 
@@ -218,6 +250,11 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let reloader = spawn_reload_on_hangup(self.tls.clone(), self.auth.clone());
+        let gc_task = self
+            .periodic_gc
+            .map(|(storage, policy, interval, metrics)| {
+                gc::spawn_periodic(storage, policy, interval, metrics)
+            });
         let result = match self.tls {
             Some(cert) => {
                 let config = tls::server_config(cert)?;
@@ -228,7 +265,7 @@ impl Server {
             }
             None => serve_plain(self.listener, self.app, self.header_read_timeout, shutdown).await,
         };
-        if let Some(task) = reloader {
+        for task in [reloader, gc_task].into_iter().flatten() {
             task.abort();
         }
         result

@@ -1,16 +1,20 @@
 //! Registry logic between the HTTP routes and storage: repository existence, digest and
 //! reference checks, manifest validation (referenced content must exist), mounts, tag paging,
-//! and the referrers index. Knows the spec's rules; knows nothing about HTTP framing.
+//! and the referrers index, tag immutability, and the last-use stamps garbage collection relies
+//! on (see `registry::gc` for why a manifest PUT touches and re-checks after linking).
+//! Knows the spec's rules; knows nothing about HTTP framing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::error::ApiError;
+use super::gc::retention::ImmutableTags;
 use super::manifest::{self, OCI_INDEX};
 use super::metrics::Metrics;
 use super::name::{Reference, RepositoryName, UploadId};
-use super::storage::{ByteStream, Storage, StoredManifest};
+use super::storage::{ByteStream, Storage, StorageError, StoredManifest};
 use crate::digest::{Digest, Hasher};
 
 /// Largest manifest accepted, in bytes.
@@ -42,11 +46,71 @@ pub struct FoundManifest {
 pub struct Registry {
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
+    immutable: ImmutableTags,
+    /// Serialises check-and-set of immutable tags, so two pushes cannot both create one.
+    immutable_lock: tokio::sync::Mutex<()>,
 }
+
+/// How often, and how long apart, a manifest PUT re-checks a referenced blob that a collection
+/// may be putting back (it is missing only for the instant of a move and back).
+const RECHECK_ATTEMPTS: u32 = 10;
+const RECHECK_PAUSE: Duration = Duration::from_millis(20);
 
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>, metrics: Arc<Metrics>) -> Registry {
-        Registry { storage, metrics }
+        Registry {
+            storage,
+            metrics,
+            immutable: ImmutableTags::default(),
+            immutable_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Protects the tags `immutable` matches from moving or being deleted.
+    pub fn with_immutable_tags(mut self, immutable: ImmutableTags) -> Registry {
+        self.immutable = immutable;
+        self
+    }
+
+    /// Stamps the blob as used now (for garbage collection's grace period). A backend without
+    /// garbage collection support has nothing to stamp.
+    async fn touch(&self, digest: &Digest) -> Result<(), ApiError> {
+        match self.storage.blob_touch(digest).await {
+            Ok(()) | Err(StorageError::Unsupported(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the blob is present, waiting out a collection that is putting it back.
+    async fn blob_still_present(&self, digest: &Digest) -> Result<bool, ApiError> {
+        for attempt in 0..RECHECK_ATTEMPTS {
+            if self.storage.blob_size(digest).await?.is_some() {
+                return Ok(true);
+            }
+            if attempt + 1 < RECHECK_ATTEMPTS {
+                tokio::time::sleep(RECHECK_PAUSE).await;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses to move `tag` of `repo` away from `digest` (or delete it, with `None`) when an
+    /// immutable rule protects it and it exists.
+    async fn check_tag_mutable(
+        &self,
+        repo: &RepositoryName,
+        tag: &str,
+        digest: Option<&Digest>,
+    ) -> Result<(), ApiError> {
+        if !self.immutable.is_immutable(repo.as_str(), tag) {
+            return Ok(());
+        }
+        match self.storage.tag_get(repo, tag).await? {
+            Some(current) if Some(&current) != digest => Err(ApiError::TagImmutable(format!(
+                "{repo}:{tag} points at {current} and is immutable; push a new tag instead"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -66,7 +130,10 @@ impl Registry {
         } else {
             None
         };
-        size.ok_or_else(|| ApiError::BlobUnknown(format!("{digest} in {repo}")))
+        let size = size.ok_or_else(|| ApiError::BlobUnknown(format!("{digest} in {repo}")))?;
+        // A client that finds a blob here may skip uploading it: keep it for the grace period.
+        self.touch(digest).await?;
+        Ok(size)
     }
 
     pub async fn blob_stream(
@@ -109,6 +176,11 @@ impl Registry {
             return Ok(None);
         };
         self.storage.link_blob(repo, digest).await?;
+        // Touch, then check: a collection either sees the touch or the mount sees it gone.
+        self.touch(digest).await?;
+        if self.storage.blob_size(digest).await?.is_none() {
+            return Ok(None);
+        }
         Ok(Some(size))
     }
 
@@ -147,6 +219,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<u64, ApiError> {
         let size = self.storage.upload_finish(repo, id, digest).await?;
+        self.touch(digest).await?;
         self.metrics.upload_completed();
         Ok(size)
     }
@@ -205,16 +278,38 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
+        let mut tags: Vec<&str> = extra_tags.iter().map(String::as_str).collect();
+        if let Reference::Tag(tag) = reference {
+            tags.insert(0, tag);
+        }
+        for tag in &tags {
+            self.check_tag_mutable(repo, tag, Some(&digest)).await?;
+        }
         for reference in &info.references {
             self.check_reference_exists(repo, reference).await?;
         }
+        let existed = self.storage.manifest_get(repo, &digest).await?.is_some();
         self.storage
             .manifest_put(repo, &digest, &info.media_type, bytes.clone())
             .await?;
-        if let Reference::Tag(tag) = reference {
-            self.storage.tag_set(repo, tag, &digest).await?;
+        if let Err(e) = self.confirm_references(repo, &digest, &bytes, &info).await {
+            if !existed {
+                self.storage.manifest_delete(repo, &digest).await?;
+            }
+            return Err(e);
         }
-        for tag in extra_tags {
+        let protected = tags
+            .iter()
+            .any(|tag| self.immutable.is_immutable(repo.as_str(), tag));
+        let _guard = if protected {
+            Some(self.immutable_lock.lock().await)
+        } else {
+            None
+        };
+        for tag in &tags {
+            if protected {
+                self.check_tag_mutable(repo, tag, Some(&digest)).await?;
+            }
             self.storage.tag_set(repo, tag, &digest).await?;
         }
         if let Some(subject) = &info.subject {
@@ -237,6 +332,38 @@ impl Registry {
             digest,
             subject: info.subject,
         })
+    }
+
+    /// After the manifest is linked: stamps its own blob and every blob it references as used
+    /// and checks they are still there (a collection that started before the link may have
+    /// removed them). The manifest's own blob is stored again if it went.
+    async fn confirm_references(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        bytes: &Bytes,
+        info: &manifest::ManifestInfo,
+    ) -> Result<(), ApiError> {
+        self.touch(digest).await?;
+        self.storage.blob_put(digest, bytes.clone()).await?;
+        for reference in &info.references {
+            let present = if reference.is_manifest {
+                self.storage
+                    .manifest_get(repo, &reference.digest)
+                    .await?
+                    .is_some()
+            } else {
+                self.touch(&reference.digest).await?;
+                self.blob_still_present(&reference.digest).await?
+            };
+            if !present {
+                return Err(ApiError::ManifestBlobUnknown(format!(
+                    "{} was removed by garbage collection while the manifest was pushed; push it again",
+                    reference.digest
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn check_reference_exists(
@@ -308,6 +435,7 @@ impl Registry {
     ) -> Result<(), ApiError> {
         match reference {
             Reference::Tag(tag) => {
+                self.check_tag_mutable(repo, tag, None).await?;
                 if self.storage.tag_delete(repo, tag).await? {
                     Ok(())
                 } else {
@@ -328,6 +456,13 @@ impl Registry {
                         )
                         .await);
                 };
+                if !self.immutable.rules.is_empty() {
+                    for tag in self.storage.tags(repo).await? {
+                        if self.storage.tag_get(repo, &tag).await?.as_ref() == Some(digest) {
+                            self.check_tag_mutable(repo, &tag, None).await?;
+                        }
+                    }
+                }
                 if let Ok(info) = manifest::inspect(&stored.bytes, Some(&stored.media_type))
                     && let Some(subject) = info.subject
                 {
@@ -420,5 +555,185 @@ mod tests {
         assert_eq!(second.next_last, None);
         assert!(page(all.clone(), Some(0), None).items.is_empty());
         assert_eq!(page(all, None, Some("c")).items, ["d"]);
+    }
+
+    use crate::registry::storage::{FilesystemStorage, StorageResult};
+    use async_trait::async_trait;
+
+    /// Filesystem storage where a collection removes `victim` right after a manifest is
+    /// linked: the moment between a push's existence check and its touch.
+    struct CollectedMidPush {
+        inner: FilesystemStorage,
+        victim: Digest,
+    }
+
+    #[async_trait]
+    impl Storage for CollectedMidPush {
+        async fn blob_size(&self, d: &Digest) -> StorageResult<Option<u64>> {
+            self.inner.blob_size(d).await
+        }
+        async fn blob_read(&self, d: &Digest, start: u64, len: u64) -> StorageResult<ByteStream> {
+            self.inner.blob_read(d, start, len).await
+        }
+        async fn blob_put(&self, d: &Digest, bytes: Bytes) -> StorageResult<()> {
+            self.inner.blob_put(d, bytes).await
+        }
+        async fn repository_exists(&self, r: &RepositoryName) -> StorageResult<bool> {
+            self.inner.repository_exists(r).await
+        }
+        async fn repositories(&self) -> StorageResult<Vec<String>> {
+            self.inner.repositories().await
+        }
+        async fn link_blob(&self, r: &RepositoryName, d: &Digest) -> StorageResult<()> {
+            self.inner.link_blob(r, d).await
+        }
+        async fn blob_linked(&self, r: &RepositoryName, d: &Digest) -> StorageResult<bool> {
+            self.inner.blob_linked(r, d).await
+        }
+        async fn unlink_blob(&self, r: &RepositoryName, d: &Digest) -> StorageResult<bool> {
+            self.inner.unlink_blob(r, d).await
+        }
+        async fn upload_start(&self, r: &RepositoryName) -> StorageResult<UploadId> {
+            self.inner.upload_start(r).await
+        }
+        async fn upload_offset(&self, r: &RepositoryName, id: &UploadId) -> StorageResult<u64> {
+            self.inner.upload_offset(r, id).await
+        }
+        async fn upload_append(
+            &self,
+            r: &RepositoryName,
+            id: &UploadId,
+            start: Option<u64>,
+            len: Option<u64>,
+            body: ByteStream,
+        ) -> StorageResult<u64> {
+            self.inner.upload_append(r, id, start, len, body).await
+        }
+        async fn upload_finish(
+            &self,
+            r: &RepositoryName,
+            id: &UploadId,
+            d: &Digest,
+        ) -> StorageResult<u64> {
+            self.inner.upload_finish(r, id, d).await
+        }
+        async fn upload_cancel(&self, r: &RepositoryName, id: &UploadId) -> StorageResult<()> {
+            self.inner.upload_cancel(r, id).await
+        }
+        async fn upload_count(&self) -> StorageResult<u64> {
+            self.inner.upload_count().await
+        }
+        async fn manifest_put(
+            &self,
+            r: &RepositoryName,
+            d: &Digest,
+            media_type: &str,
+            bytes: Bytes,
+        ) -> StorageResult<()> {
+            self.inner.manifest_put(r, d, media_type, bytes).await?;
+            self.inner.blob_delete(&self.victim).await.map(|_| ())
+        }
+        async fn manifest_get(
+            &self,
+            r: &RepositoryName,
+            d: &Digest,
+        ) -> StorageResult<Option<StoredManifest>> {
+            self.inner.manifest_get(r, d).await
+        }
+        async fn manifest_delete(&self, r: &RepositoryName, d: &Digest) -> StorageResult<bool> {
+            self.inner.manifest_delete(r, d).await
+        }
+        async fn tag_set(&self, r: &RepositoryName, t: &str, d: &Digest) -> StorageResult<()> {
+            self.inner.tag_set(r, t, d).await
+        }
+        async fn tag_get(&self, r: &RepositoryName, t: &str) -> StorageResult<Option<Digest>> {
+            self.inner.tag_get(r, t).await
+        }
+        async fn tag_delete(&self, r: &RepositoryName, t: &str) -> StorageResult<bool> {
+            self.inner.tag_delete(r, t).await
+        }
+        async fn tags(&self, r: &RepositoryName) -> StorageResult<Vec<String>> {
+            self.inner.tags(r).await
+        }
+        async fn referrer_add(
+            &self,
+            r: &RepositoryName,
+            subject: &Digest,
+            referrer: &Digest,
+            descriptor: &serde_json::Value,
+        ) -> StorageResult<()> {
+            self.inner
+                .referrer_add(r, subject, referrer, descriptor)
+                .await
+        }
+        async fn referrer_remove(
+            &self,
+            r: &RepositoryName,
+            subject: &Digest,
+            referrer: &Digest,
+        ) -> StorageResult<()> {
+            self.inner.referrer_remove(r, subject, referrer).await
+        }
+        async fn referrers(
+            &self,
+            r: &RepositoryName,
+            subject: &Digest,
+        ) -> StorageResult<Vec<serde_json::Value>> {
+            self.inner.referrers(r, subject).await
+        }
+        async fn blob_touch(&self, d: &Digest) -> StorageResult<()> {
+            self.inner.blob_touch(d).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_whose_blob_is_collected_mid_push_fails_and_tags_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = FilesystemStorage::open(dir.path()).unwrap();
+        let repo = RepositoryName::parse("team/app").unwrap();
+        let mut digests = Vec::new();
+        for content in [&b"config"[..], b"layer"] {
+            let digest = Digest::sha256_of(content);
+            inner
+                .blob_put(&digest, Bytes::copy_from_slice(content))
+                .await
+                .unwrap();
+            inner.link_blob(&repo, &digest).await.unwrap();
+            digests.push(digest);
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[0].to_string(), "size": 6},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digests[1].to_string(), "size": 5}],
+        })
+        .to_string();
+        let storage = Arc::new(CollectedMidPush {
+            inner,
+            victim: digests[1].clone(),
+        });
+        let registry = Registry::new(storage.clone(), Arc::new(Metrics::default()));
+        let result = registry
+            .put_manifest(
+                &repo,
+                &Reference::Tag("v1".into()),
+                None,
+                Bytes::from(manifest.clone()),
+                &[],
+            )
+            .await;
+        assert!(
+            matches!(result, Err(ApiError::ManifestBlobUnknown(_))),
+            "{result:?}"
+        );
+        assert_eq!(storage.tag_get(&repo, "v1").await.unwrap(), None);
+        let digest = Digest::sha256_of(manifest.as_bytes());
+        assert!(
+            storage
+                .manifest_get(&repo, &digest)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -14,12 +14,20 @@
 //! fsynced after. An upload's `state.json` records the acknowledged offset only after the data is
 //! fsynced, and a reopened session cuts the data file back to that offset, so kill -9 at any
 //! moment keeps every acknowledged byte and never shows a partial blob.
+//!
+//! Garbage collection: a blob's mtime is its last use. Blobs are immutable, so the mtime only
+//! changes when [`Storage::blob_touch`] stamps it (with the precise clock, not the kernel's coarse
+//! one). [`Storage::blob_delete_unused`] first renames the blob into `blobs/.trash/`, then
+//! re-reads its mtime: a touch that reached the file before the rename is seen and the blob is
+//! renamed back; a touch after the rename finds no file. So no touch that found the blob is
+//! ever lost (see `registry::gc` for the whole argument).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -27,7 +35,10 @@ use futures::StreamExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::{ByteStream, Storage, StorageError, StorageResult, StoredManifest};
+use super::{
+    BlobInfo, ByteStream, ManifestInfo, Storage, StorageError, StorageResult, StoredManifest,
+    UploadInfo,
+};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::registry::name::{RepositoryName, UploadId};
 
@@ -164,6 +175,88 @@ fn hash_file(path: &Path, algorithm: Algorithm, len: u64) -> StorageResult<Diges
     Ok(hasher.finish())
 }
 
+/// Sets the file's mtime to now (precise clock); returns whether the file exists.
+fn touch_file(path: &Path) -> StorageResult<bool> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error("open", path)(e)),
+    };
+    file.set_modified(SystemTime::now())
+        .map_err(io_error("set modification time of", path))?;
+    Ok(true)
+}
+
+/// A blob stays in the trash only for the instant between its move there and its removal or
+/// return; one older than this was left by a crash and is removed.
+const STALE_TRASH: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes trash entries moved there (ctime) longer than [`STALE_TRASH`] ago.
+fn remove_stale_trash(trash: &Path) -> StorageResult<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(limit) = SystemTime::now().checked_sub(STALE_TRASH) else {
+        return Ok(());
+    };
+    let limit_secs = limit
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for name in list_names(trash)? {
+        let path = trash.join(name);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.ctime() < limit_secs => {
+                remove_file_if_exists(&path)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("stat", &path)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// The mtime of `path`, or `None` if it does not exist.
+fn modified(path: &Path) -> StorageResult<Option<(u64, SystemTime)>> {
+    match fs::metadata(path) {
+        Ok(meta) => {
+            let mtime = meta.modified().map_err(io_error("stat", path))?;
+            Ok(Some((meta.len(), mtime)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("stat", path)(e)),
+    }
+}
+
+/// Digests named by `<dir>/<alg>/<hex>` (or with `fan_out`, `<dir>/<alg>/<xx>/<hex>`), each with
+/// its file path. Stray names are skipped.
+fn list_digest_files(dir: &Path, fan_out: bool) -> StorageResult<Vec<(Digest, PathBuf)>> {
+    let mut found = Vec::new();
+    for alg in list_names(dir)? {
+        let alg_dir = dir.join(&alg);
+        let leaf_dirs = if fan_out {
+            list_names(&alg_dir)?
+                .into_iter()
+                .map(|prefix| alg_dir.join(prefix))
+                .collect()
+        } else {
+            vec![alg_dir]
+        };
+        for leaf_dir in leaf_dirs {
+            if !leaf_dir.is_dir() {
+                continue;
+            }
+            for hex in list_names(&leaf_dir)? {
+                match Digest::parse(&format!("{alg}:{hex}")) {
+                    Ok(digest) => found.push((digest, leaf_dir.join(hex))),
+                    Err(_) => {
+                        tracing::debug!(path = %leaf_dir.join(&hex).display(), "stray file skipped")
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn alg_dir(digest: &Digest) -> &'static str {
     digest.algorithm().name()
 }
@@ -250,6 +343,12 @@ impl FilesystemStorage {
         if guard.repository != repo.as_str() {
             return Err(StorageError::UploadUnknown(id.to_string()));
         }
+        // Expired by a garbage collection (possibly `imgbuild registry gc` in another process).
+        let state_path = self.upload_dir(id).join("state.json");
+        if !tokio::fs::try_exists(&state_path).await.unwrap_or(false) {
+            self.lock_sessions().remove(id);
+            return Err(StorageError::UploadUnknown(id.to_string()));
+        }
         Ok(guard)
     }
 
@@ -334,7 +433,9 @@ fn write_upload_state(dir: &Path, repository: &str, offset: u64) -> StorageResul
 /// Moves the first `size` bytes of a verified upload into the blob store (or drops it if
 /// the blob is already there). Anything past `size` is an unacknowledged leftover and is cut.
 fn install_blob(source: &Path, target: &Path, size: u64) -> StorageResult<()> {
-    if target.exists() {
+    // Already stored: mark it used, so a collection in progress keeps it. A collection that
+    // moved it away meanwhile makes the touch miss, and the upload is installed instead.
+    if touch_file(target)? {
         return Ok(());
     }
     let dir = target.parent().ok_or_else(|| StorageError::Corrupt {
@@ -799,6 +900,149 @@ impl Storage for FilesystemStorage {
                 descriptors.push(descriptor);
             }
             Ok(descriptors)
+        })
+        .await
+    }
+    async fn blob_list(&self) -> StorageResult<Vec<BlobInfo>> {
+        let dir = self.root.join("blobs");
+        blocking(move || {
+            remove_stale_trash(&dir.join(".trash"))?;
+            let mut blobs = Vec::new();
+            for (digest, path) in list_digest_files(&dir, true)? {
+                // Gone meanwhile (collected or in the trash): not listed.
+                if let Some((size, last_used)) = modified(&path)? {
+                    blobs.push(BlobInfo {
+                        digest,
+                        size,
+                        last_used,
+                    });
+                }
+            }
+            Ok(blobs)
+        })
+        .await
+    }
+
+    async fn blob_touch(&self, digest: &Digest) -> StorageResult<()> {
+        let path = self.blob_path(digest);
+        blocking(move || touch_file(&path).map(|_| ())).await
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> StorageResult<bool> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            let existed = remove_file_if_exists(&path)?;
+            if existed && let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn blob_delete_unused(
+        &self,
+        digest: &Digest,
+        unused_since: SystemTime,
+    ) -> StorageResult<bool> {
+        let path = self.blob_path(digest);
+        let trash_dir = self.root.join("blobs/.trash");
+        let name = format!(
+            "{}-{}-{}",
+            digest.algorithm().name(),
+            digest.hex(),
+            UploadId::random().map_err(|e| StorageError::Task(e.to_string()))?
+        );
+        blocking(move || {
+            match modified(&path)? {
+                Some((_, last_used)) if last_used < unused_since => {}
+                _ => return Ok(false),
+            }
+            create_dir_all(&trash_dir)?;
+            let trash = trash_dir.join(name);
+            match fs::rename(&path, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io_error("move to the trash", &path)(e)),
+            }
+            // A touch that found the file before the rename shows here: put it back.
+            let touched = match modified(&trash)? {
+                Some((_, last_used)) => last_used >= unused_since,
+                None => false,
+            };
+            if touched {
+                fs::rename(&trash, &path).map_err(io_error("restore from the trash", &path))?;
+                return Ok(false);
+            }
+            remove_file_if_exists(&trash)?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn linked_blobs(&self, repo: &RepositoryName) -> StorageResult<Vec<Digest>> {
+        let dir = self.repo_dir(repo).join("_layers");
+        blocking(move || {
+            Ok(list_digest_files(&dir, false)?
+                .into_iter()
+                .map(|(digest, _)| digest)
+                .collect())
+        })
+        .await
+    }
+
+    async fn manifest_list(&self, repo: &RepositoryName) -> StorageResult<Vec<ManifestInfo>> {
+        let dir = self.repo_dir(repo).join("_manifests/revisions");
+        blocking(move || {
+            let mut manifests = Vec::new();
+            for (digest, path) in list_digest_files(&dir, false)? {
+                if let Some((_, linked_at)) = modified(&path)? {
+                    manifests.push(ManifestInfo { digest, linked_at });
+                }
+            }
+            Ok(manifests)
+        })
+        .await
+    }
+
+    async fn upload_list(&self) -> StorageResult<Vec<UploadInfo>> {
+        let dir = self.root.join("uploads");
+        blocking(move || {
+            let mut uploads = Vec::new();
+            for name in list_names(&dir)? {
+                let Some(id) = UploadId::parse(&name) else {
+                    continue;
+                };
+                let session_dir = dir.join(&name);
+                let state_path = session_dir.join("state.json");
+                let text = match fs::read(&state_path) {
+                    Ok(text) => text,
+                    // Finished or cancelled meanwhile, or not yet written.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error("read", &state_path)(e)),
+                };
+                let state: UploadState =
+                    serde_json::from_slice(&text).map_err(|e| StorageError::Corrupt {
+                        path: state_path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let Some(repo) = RepositoryName::parse(&state.repository) else {
+                    continue;
+                };
+                let times = [modified(&state_path)?, modified(&session_dir.join("data"))?];
+                let Some(last_activity) = times.iter().flatten().map(|(_, t)| *t).max() else {
+                    continue;
+                };
+                uploads.push(UploadInfo {
+                    repo,
+                    id,
+                    last_activity,
+                });
+            }
+            Ok(uploads)
         })
         .await
     }

@@ -186,13 +186,26 @@ pub trait Storage: Send + Sync + 'static {
     async fn blob_list(&self) -> StorageResult<Vec<BlobInfo>> {
         Err(StorageError::Unsupported("listing blobs"))
     }
-    /// Marks the blob as used now, so a collection that started earlier keeps it.
+    /// Marks the blob as used now, so a collection that started earlier keeps it. Touching a
+    /// missing blob is not an error (callers check existence afterwards).
     async fn blob_touch(&self, _digest: &Digest) -> StorageResult<()> {
         Err(StorageError::Unsupported("touching blobs"))
     }
     /// Removes a global blob; returns whether it existed.
     async fn blob_delete(&self, _digest: &Digest) -> StorageResult<bool> {
         Err(StorageError::Unsupported("deleting blobs"))
+    }
+    /// Removes a global blob only if it was not used (stored, linked or touched) at or after
+    /// `unused_since`; returns whether it was removed. Backends should make this atomic with
+    /// respect to [`Storage::blob_touch`]: a touch that finds the blob present either keeps it
+    /// or happens after the removal (and then sees it missing). The default only re-checks
+    /// nothing and removes, which leaves a small window; the filesystem backend closes it.
+    async fn blob_delete_unused(
+        &self,
+        digest: &Digest,
+        _unused_since: SystemTime,
+    ) -> StorageResult<bool> {
+        self.blob_delete(digest).await
     }
     /// Digests of every blob linked into `repo`.
     async fn linked_blobs(&self, _repo: &RepositoryName) -> StorageResult<Vec<Digest>> {
