@@ -51,14 +51,16 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<(RegistryConfig, LogFormat)> {
     let data = args
         .data
         .clone()
-        .or(file.data)
+        .or(file.data.clone())
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_DATA));
     let log_format = match (args.log_format, file.log_format.as_deref()) {
         (Some(flag), _) => flag,
         (None, Some("json")) => LogFormat::Json,
         _ => LogFormat::Text,
     };
-    Ok((RegistryConfig::new(addr, data), log_format))
+    let mut config = RegistryConfig::new(addr, data);
+    config.storage = file.storage_backend(&file_origin)?;
+    Ok((config, log_format))
 }
 
 fn init_logging(format: LogFormat) {

@@ -27,9 +27,10 @@ use axum::serve::ListenerExt as _;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 pub use config::RegistryConfig;
+use config::StorageBackend;
 use metrics::Metrics;
 use service::Registry;
-use storage::{FilesystemStorage, Storage, StorageError};
+use storage::{FilesystemStorage, ObjectStorage, Storage, StorageError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,12 @@ pub enum ServeError {
     #[error("opening registry data directory {path}: {source}")]
     Storage {
         path: std::path::PathBuf,
+        #[source]
+        source: StorageError,
+    },
+    #[error("opening S3 bucket {bucket}: {source}")]
+    ObjectStorage {
+        bucket: String,
         #[source]
         source: StorageError,
     },
@@ -152,13 +159,27 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory and binds the listen address (port 0 picks a free port).
+    /// Opens the storage (the data directory or the bucket) and binds the listen address
+    /// (port 0 picks a free port).
     pub async fn bind(config: &RegistryConfig) -> Result<Server, ServeError> {
-        let storage =
-            FilesystemStorage::open(&config.data).map_err(|source| ServeError::Storage {
-                path: config.data.clone(),
-                source,
-            })?;
+        let storage: Arc<dyn Storage> = match &config.storage {
+            StorageBackend::Filesystem => {
+                Arc::new(FilesystemStorage::open(&config.data).map_err(|source| {
+                    ServeError::Storage {
+                        path: config.data.clone(),
+                        source,
+                    }
+                })?)
+            }
+            StorageBackend::S3(settings) => {
+                Arc::new(ObjectStorage::s3(settings).map_err(|source| {
+                    ServeError::ObjectStorage {
+                        bucket: settings.bucket.clone(),
+                        source,
+                    }
+                })?)
+            }
+        };
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| ServeError::Bind {
@@ -167,7 +188,7 @@ impl Server {
             })?;
         Ok(Server {
             listener,
-            app: router(Arc::new(storage), config),
+            app: router(storage, config),
         })
     }
 
