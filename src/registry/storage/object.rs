@@ -1236,7 +1236,10 @@ mod tests {
         assert_eq!(listed, expected);
         let layer_info = blobs.iter().find(|b| b.digest == layer).unwrap();
         assert_eq!(layer_info.size, 5);
-        assert_eq!(b.linked_blobs(&repo).await.unwrap(), [layer.clone()]);
+        assert_eq!(
+            b.linked_blobs(&repo).await.unwrap(),
+            std::slice::from_ref(&layer)
+        );
         let manifests = b.manifest_list(&repo).await.unwrap();
         assert_eq!(manifests.len(), 1);
         assert_eq!(manifests[0].digest, manifest_digest);
