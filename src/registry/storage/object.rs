@@ -427,15 +427,19 @@ impl ObjectStorage {
         self.put_small(&state_key, bytes).await
     }
 
-    /// Removes the session's state first (so it is over for every replica), then its parts.
+    /// Removes the session's parts, then its state. The state goes last so that a removal cut
+    /// short leaves a session that `upload_list` still reports (and garbage collection cancels),
+    /// never parts nobody knows about.
     async fn end_session(&self, id: &UploadId) -> StorageResult<()> {
         let state_key = Self::upload_state_key(id)?;
+        let parts_prefix = Self::upload_prefix(id)?.join("parts");
+        self.delete_prefix(&parts_prefix).await?;
         match self.store.delete(&state_key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_error("delete", &state_key)(e)),
         }
         self.forget_session_lock(id);
-        self.delete_prefix(&Self::upload_prefix(id)?).await
+        Ok(())
     }
 
     /// Streams the session's parts in order into `hasher` and, when given, `writer`, checking
