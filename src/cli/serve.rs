@@ -62,6 +62,7 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<(RegistryConfig, LogFormat)> {
     };
     let (gc_interval, gc_policy) = file.gc_settings(&file_origin)?;
     let mut config = RegistryConfig::new(addr, data);
+    config.storage = file.storage_backend(&file_origin)?;
     config.auth = Auth::load(&file.auth, file.tls.is_some())?.map(Arc::new);
     config.tls = file.tls;
     config.gc_interval = gc_interval;

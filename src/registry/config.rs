@@ -1,9 +1,8 @@
-//! The registry's configuration: defaults, the TOML file format, and validation. Sections for
-//! features of later releases (`[storage]`) are parsed so that a value this version cannot
-//! honour is refused with a clear message instead of being ignored. `[auth]` and `[tls]` are
-//! described in docs/registry.md ("Securing the registry"); `[gc]`, `[[gc.retention]]` and
-//! `[[immutable]]` configure garbage collection, retention and tag immutability (see
-//! `registry::gc`).
+//! The registry's configuration: defaults, the TOML file format, and validation. Unknown keys
+//! and values this version cannot honour are refused with a clear message instead of being
+//! ignored. `[auth]` and `[tls]` are described in docs/registry.md ("Securing the registry");
+//! `[gc]`, `[[gc.retention]]` and `[[immutable]]` configure garbage collection, retention and
+//! tag immutability (see `registry::gc`); `[storage]` picks the filesystem or an S3 bucket.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +39,51 @@ pub struct RegistryConfig {
     pub gc_interval: Option<Duration>,
     /// Grace period, upload expiry, retention rules and immutable tags.
     pub gc: GcPolicy,
+    /// Where blobs, manifests and upload sessions are kept.
+    pub storage: StorageBackend,
+}
+
+/// The storage backend chosen by `[storage] driver`.
+#[derive(Debug, Clone, Default)]
+pub enum StorageBackend {
+    /// Files under the data directory (`driver = "filesystem"`, the default).
+    #[default]
+    Filesystem,
+    /// An S3-compatible bucket (`driver = "s3"`), shareable by many replicas.
+    S3(S3Settings),
+}
+
+/// `[storage]` settings of the `s3` driver. Unset credentials and region fall back to the
+/// usual `AWS_*` environment variables.
+#[derive(Clone, Default)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// e.g. `http://127.0.0.1:3900` for Garage; unset means AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Permit a plain-HTTP endpoint.
+    pub allow_http: bool,
+    /// Answer blob GETs with a 307 redirect to a presigned URL of the object.
+    pub redirect: bool,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("redirect", &self.redirect)
+            .finish()
+    }
 }
 
 impl RegistryConfig {
@@ -55,6 +99,7 @@ impl RegistryConfig {
             tls: None,
             gc_interval: None,
             gc: GcPolicy::default(),
+            storage: StorageBackend::Filesystem,
         }
     }
 }
@@ -152,7 +197,15 @@ pub struct TlsSection {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
+    /// `"filesystem"` (default) or `"s3"`.
     pub driver: Option<String>,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: Option<bool>,
+    pub redirect: Option<bool>,
 }
 
 /// `[gc]`: durations are humantime strings ("90s", "1h", "7days").
@@ -295,14 +348,7 @@ impl ConfigFile {
             origin: origin.to_string(),
             message,
         };
-        if let Some(storage) = &self.storage
-            && let Some(driver) = &storage.driver
-            && driver != "filesystem"
-        {
-            return Err(unsupported(format!(
-                "[storage] driver = {driver:?} is not supported; only \"filesystem\" is"
-            )));
-        }
+        self.storage_backend(origin)?;
         self.gc_settings(origin)?;
         if let Some(format) = &self.log_format
             && format != "json"
@@ -313,6 +359,57 @@ impl ConfigFile {
             )));
         }
         Ok(())
+    }
+}
+
+impl ConfigFile {
+    /// The storage backend the `[storage]` section asks for (the filesystem when absent).
+    pub fn storage_backend(&self, origin: &str) -> Result<StorageBackend, ConfigError> {
+        let Some(section) = &self.storage else {
+            return Ok(StorageBackend::Filesystem);
+        };
+        let unsupported = |message: String| ConfigError::Unsupported {
+            origin: origin.to_string(),
+            message,
+        };
+        match section.driver.as_deref().unwrap_or("filesystem") {
+            "filesystem" => {
+                let s3_only = [
+                    ("bucket", section.bucket.is_some()),
+                    ("endpoint", section.endpoint.is_some()),
+                    ("region", section.region.is_some()),
+                    ("access_key_id", section.access_key_id.is_some()),
+                    ("secret_access_key", section.secret_access_key.is_some()),
+                    ("allow_http", section.allow_http.is_some()),
+                    ("redirect", section.redirect.is_some()),
+                ];
+                match s3_only.iter().find(|(_, set)| *set) {
+                    Some((key, _)) => Err(unsupported(format!(
+                        "[storage] {key} applies to driver = \"s3\" only, but the driver is \"filesystem\""
+                    ))),
+                    None => Ok(StorageBackend::Filesystem),
+                }
+            }
+            "s3" => {
+                let bucket = section
+                    .bucket
+                    .clone()
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| unsupported("[storage] driver = \"s3\" needs bucket".into()))?;
+                Ok(StorageBackend::S3(S3Settings {
+                    bucket,
+                    endpoint: section.endpoint.clone(),
+                    region: section.region.clone(),
+                    access_key_id: section.access_key_id.clone(),
+                    secret_access_key: section.secret_access_key.clone(),
+                    allow_http: section.allow_http.unwrap_or(false),
+                    redirect: section.redirect.unwrap_or(false),
+                }))
+            }
+            other => Err(unsupported(format!(
+                "[storage] driver = {other:?} is not supported; expected \"filesystem\" or \"s3\""
+            ))),
+        }
     }
 }
 
@@ -330,6 +427,29 @@ pub fn parse_addr(value: &str, origin: &str) -> Result<SocketAddr, ConfigError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_s3_storage_section() {
+        let file = parse(
+            "[storage]\ndriver = \"s3\"\nbucket = \"registry\"\nendpoint = \"http://127.0.0.1:3900\"\n\
+             region = \"garage\"\naccess_key_id = \"GK1\"\nsecret_access_key = \"s3cr3t\"\n\
+             allow_http = true\nredirect = true\n",
+        )
+        .unwrap();
+        let StorageBackend::S3(s3) = file.storage_backend("test").unwrap() else {
+            panic!("expected the s3 backend");
+        };
+        assert_eq!(s3.bucket, "registry");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(s3.region.as_deref(), Some("garage"));
+        assert_eq!(s3.access_key_id.as_deref(), Some("GK1"));
+        assert!(s3.allow_http && s3.redirect);
+        assert!(!format!("{s3:?}").contains("s3cr3t"));
+        assert!(matches!(
+            ConfigFile::default().storage_backend("test").unwrap(),
+            StorageBackend::Filesystem
+        ));
+    }
 
     fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
@@ -394,10 +514,18 @@ actions = ["pull", "push"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("bcrypt"), "{err}");
+        let err = parse("[storage]\ndriver = \"azure\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected \"filesystem\" or \"s3\""), "{err}");
         let err = parse("[storage]\ndriver = \"s3\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("only \"filesystem\""), "{err}");
+        assert!(err.contains("needs bucket"), "{err}");
+        let err = parse("[storage]\nbucket = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("driver = \"s3\" only"), "{err}");
         let err = parse("[gc]\ngrace = \"soon\"\n").unwrap_err().to_string();
         assert!(err.contains("[gc] grace"), "{err}");
         let err = parse("[[gc.retention]]\nrepository = \"a\"\n")

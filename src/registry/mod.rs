@@ -34,9 +34,10 @@ use tokio::net::TcpListener;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 pub use config::RegistryConfig;
+use config::StorageBackend;
 use metrics::Metrics;
 use service::Registry;
-use storage::{FilesystemStorage, Storage, StorageError};
+use storage::{FilesystemStorage, ObjectStorage, Storage, StorageError};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,12 @@ pub enum ServeError {
     #[error("opening registry data directory {path}: {source}")]
     Storage {
         path: std::path::PathBuf,
+        #[source]
+        source: StorageError,
+    },
+    #[error("opening S3 bucket {bucket}: {source}")]
+    ObjectStorage {
+        bucket: String,
         #[source]
         source: StorageError,
     },
@@ -198,8 +205,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data directory, loads the TLS certificate, and binds the listen address
-    /// (port 0 picks a free port).
+    /// Opens the storage (the data directory or the bucket), loads the TLS certificate, and
+    /// binds the listen address (port 0 picks a free port).
     pub async fn bind(config: &RegistryConfig) -> Result<Server, ServeError> {
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(tls::ReloadableCert::load(
@@ -208,18 +215,30 @@ impl Server {
             )?)),
             None => None,
         };
-        let storage =
-            FilesystemStorage::open(&config.data).map_err(|source| ServeError::Storage {
-                path: config.data.clone(),
-                source,
-            })?;
+        let storage: Arc<dyn Storage> = match &config.storage {
+            StorageBackend::Filesystem => {
+                Arc::new(FilesystemStorage::open(&config.data).map_err(|source| {
+                    ServeError::Storage {
+                        path: config.data.clone(),
+                        source,
+                    }
+                })?)
+            }
+            StorageBackend::S3(settings) => {
+                Arc::new(ObjectStorage::s3(settings).map_err(|source| {
+                    ServeError::ObjectStorage {
+                        bucket: settings.bucket.clone(),
+                        source,
+                    }
+                })?)
+            }
+        };
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| ServeError::Bind {
                 addr: config.addr,
                 source,
             })?;
-        let storage: Arc<dyn Storage> = Arc::new(storage);
         let metrics = Arc::new(Metrics::default());
         let periodic_gc = config.gc_interval.map(|interval| {
             (

@@ -433,6 +433,17 @@ async fn blob(
                 Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
                 None => (StatusCode::OK, 0, size),
             };
+            // With a redirecting backend, a whole-blob GET goes to the object store directly.
+            if method == Method::GET
+                && range.is_none()
+                && let Some(url) = registry.storage().blob_redirect(&digest).await?
+            {
+                let mut response = empty(StatusCode::TEMPORARY_REDIRECT);
+                let headers = response.headers_mut();
+                headers.insert(header::LOCATION, header_value(&url)?);
+                headers.insert(CONTENT_DIGEST, header_value(&digest.to_string())?);
+                return Ok(response);
+            }
             let body = if method == Method::HEAD {
                 Body::empty()
             } else {

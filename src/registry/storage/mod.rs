@@ -3,8 +3,10 @@
 //! blobs, repository links, upload sessions, manifests, tags and referrers, but nothing about HTTP.
 
 mod fs;
+mod object;
 
 pub use fs::FilesystemStorage;
+pub use object::{ObjectStorage, PART_SIZE};
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -218,5 +220,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Every upload session in progress.
     async fn upload_list(&self) -> StorageResult<Vec<UploadInfo>> {
         Err(StorageError::Unsupported("listing uploads"))
+    }
+
+    // --- Redirects.
+
+    /// A URL the client may fetch the whole blob from directly (a presigned object URL), when
+    /// the backend is configured to hand them out; `None` means serve the bytes.
+    async fn blob_redirect(&self, _digest: &Digest) -> StorageResult<Option<String>> {
+        Ok(None)
     }
 }
