@@ -56,29 +56,8 @@ const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Extracts the layer read from `reader` (gzip, zstd or plain tar, detected) into `dest`.
 pub fn unpack(reader: impl Read, dest: &Path, mode: UnpackMode) -> Result<UnpackStats, LayerError> {
-    let dest_err = |source| LayerError::Unpack {
-        path: String::new(),
-        dest: dest.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dest).map_err(dest_err)?;
-    let root = rustix::fs::open(
-        dest,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| dest_err(e.into()))?;
+    let unpacker = Unpacker::new(dest, mode)?;
     let mut stream = decompress(reader).map_err(LayerError::ReadTar)?;
-    let unpacker = Unpacker {
-        root,
-        dest: dest.to_path_buf(),
-        mode,
-        is_root: rustix::process::geteuid().is_root(),
-        created: HashSet::new(),
-        dir_times: Vec::new(),
-        stats: UnpackStats::default(),
-        parent_cache: None,
-    };
     std::thread::scope(|scope| {
         let (chunks, received) = mpsc::sync_channel(READ_AHEAD_CHUNKS);
         let writer = scope.spawn(move || unpacker.apply_all(ChunkReader::new(received)));
@@ -93,6 +72,44 @@ pub fn unpack(reader: impl Read, dest: &Path, mode: UnpackMode) -> Result<Unpack
             })
         })
     })
+}
+
+/// Extracts an uncompressed tar stream into `dest` on the calling thread (for callers that
+/// already run this on a thread of its own, like `write_layer_unpacking`).
+pub(crate) fn unpack_tar_stream(
+    stream: impl Read,
+    dest: &Path,
+    mode: UnpackMode,
+) -> Result<UnpackStats, LayerError> {
+    Unpacker::new(dest, mode)?.apply_all(stream)
+}
+
+impl Unpacker {
+    /// An unpacker into `dest`, which is created if missing.
+    fn new(dest: &Path, mode: UnpackMode) -> Result<Unpacker, LayerError> {
+        let dest_err = |source| LayerError::Unpack {
+            path: String::new(),
+            dest: dest.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dest).map_err(dest_err)?;
+        let root = rustix::fs::open(
+            dest,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| dest_err(e.into()))?;
+        Ok(Unpacker {
+        root,
+        dest: dest.to_path_buf(),
+        mode,
+        is_root: rustix::process::geteuid().is_root(),
+        created: HashSet::new(),
+        dir_times: Vec::new(),
+        stats: UnpackStats::default(),
+        parent_cache: None,
+        })
+    }
 }
 
 /// Bytes per chunk handed from the decompressing thread to the writing thread.
@@ -132,14 +149,14 @@ fn pump_chunks(stream: &mut impl Read, chunks: &SyncSender<io::Result<Vec<u8>>>)
 }
 
 /// `Read` over the chunks sent by `pump_chunks`: the channel closing is the end of the stream.
-struct ChunkReader {
+pub(crate) struct ChunkReader {
     chunks: Receiver<io::Result<Vec<u8>>>,
     current: Vec<u8>,
     offset: usize,
 }
 
 impl ChunkReader {
-    fn new(chunks: Receiver<io::Result<Vec<u8>>>) -> ChunkReader {
+    pub(crate) fn new(chunks: Receiver<io::Result<Vec<u8>>>) -> ChunkReader {
         ChunkReader {
             chunks,
             current: Vec::new(),
