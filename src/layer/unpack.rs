@@ -19,10 +19,10 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -100,14 +100,14 @@ impl Unpacker {
         )
         .map_err(|e| dest_err(e.into()))?;
         Ok(Unpacker {
-        root,
-        dest: dest.to_path_buf(),
-        mode,
-        is_root: rustix::process::geteuid().is_root(),
-        created: HashSet::new(),
-        dir_times: Vec::new(),
-        stats: UnpackStats::default(),
-        parent_cache: None,
+            root,
+            dest: dest.to_path_buf(),
+            mode,
+            is_root: rustix::process::geteuid().is_root(),
+            created: HashSet::new(),
+            dir_times: Vec::new(),
+            stats: UnpackStats::default(),
+            parent_cache: None,
         })
     }
 }
