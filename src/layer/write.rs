@@ -51,7 +51,7 @@ pub fn write_layer(
     write_layer_with_threads(store, entries, opts, threads)
 }
 
-/// `write_layer` with an explicit gzip thread count (the output does not depend on it).
+/// `write_layer` with an explicit compression thread count (the output does not depend on it).
 pub fn write_layer_with_threads(
     store: &Store,
     entries: Vec<Entry>,
@@ -190,9 +190,16 @@ impl Compressor {
                 flate2::Compression::default(),
                 threads,
             )),
-            Compression::Zstd { level } => Compressor::Zstd(
-                zstd::stream::write::Encoder::new(blob, level).map_err(LayerError::WriteStream)?,
-            ),
+            Compression::Zstd { level } => {
+                let mut encoder = zstd::stream::write::Encoder::new(blob, level)
+                    .map_err(LayerError::WriteStream)?;
+                // Streaming multi-threaded zstd writes the same bytes for any number of workers
+                // >= 1 (but not for 0, the single-threaded mode), so never 0.
+                encoder
+                    .multithread(threads.max(1) as u32)
+                    .map_err(LayerError::WriteStream)?;
+                Compressor::Zstd(encoder)
+            }
             Compression::Uncompressed => Compressor::None(blob),
         })
     }
@@ -781,6 +788,32 @@ mod tests {
             .read_to_end(&mut tar)
             .unwrap();
         assert_eq!(Digest::sha256_of(&tar), zst.diff_id);
+    }
+
+    #[test]
+    fn zstd_output_is_identical_for_any_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = dir.path().join("big");
+        // Enough data for several zstd jobs, partly compressible.
+        let data: Vec<u8> = (0..24_000_000u32)
+            .map(|i| ((i / 7) % 251) as u8 ^ (i.wrapping_mul(2_654_435_761) >> 28) as u8)
+            .collect();
+        std::fs::write(&big, &data).unwrap();
+        let entries = vec![Entry {
+            kind: EntryKind::File {
+                source: FileSource::Path(big),
+                size: data.len() as u64,
+            },
+            ..file("big", b"")
+        }];
+        let opts = LayerOptions {
+            compression: Compression::Zstd { level: 3 },
+            source_date_epoch: None,
+        };
+        let one = write_layer_with_threads(&store, entries.clone(), &opts, 1).unwrap();
+        let four = write_layer_with_threads(&store, entries, &opts, 4).unwrap();
+        assert_eq!(one, four);
     }
 
     #[test]
