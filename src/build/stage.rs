@@ -265,7 +265,9 @@ impl<'a> Executor<'a> {
             slot: String::new(),
         };
 
-        // ONBUILD triggers of the base run first, then are cleared from the new image.
+        // ONBUILD triggers of the base run first, then are cleared from the new image. Their
+        // layers are assumed to be mounted later (the stage's own steps follow).
+        self.mounted_later = true;
         let triggers = std::mem::take(&mut state.image.config.config.on_build);
         for (trigger_index, trigger) in triggers.into_iter().enumerate() {
             let parsed = parse_trigger(&trigger, &stage.location)?;

@@ -52,8 +52,8 @@ pub struct PullArgs {
     /// Print nothing but the digest.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Only store the blobs; do not unpack the layers for builds (as `docker pull` does, so
-    /// the first build on this image need not).
+    /// Only store the blobs. By default the layers are also unpacked for builds, as
+    /// `docker pull` does, so that the first build on the image does not have to.
     #[arg(long)]
     pub no_unpack: bool,
     #[command(flatten)]
