@@ -286,8 +286,9 @@ echo "== imgbuild build benchmark: medians of $RUNS runs (seconds), run side by 
 machine_summary
 echo "base image: $BASE_KIND ($BASE); context: $CONTEXT_SUMMARY"
 echo "incremental: one .c file changed before each run; build+push: cold cache, fresh repository"
-echo "cold: build caches empty, base image pulled beforehand; docker and buildah unpack the base" \
-    "at pull time, imgbuild at its first build (so that is inside its cold time)"
+echo "cold: build caches empty, base image pulled beforehand (untimed); every tool unpacks the" \
+    "base at pull time (imgbuild pull too, unless --no-unpack)"
+echo "timings are wall-clock on a shared machine: compare ratios within this run, not across runs"
 [[ -n $BUILDAH_SKIP_REASON ]] && echo "buildah not measured: $BUILDAH_SKIP_REASON"
 echo
 printf '%-20s %10s %10s %10s %15s %8s %8s %16s\n' scenario imgbuild docker buildah \

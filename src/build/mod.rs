@@ -280,6 +280,29 @@ pub fn build(
     })
 }
 
+/// Unpacks the layers of the local image `manifest_digest` into snapshots now (each layer
+/// once, by chain id), so that the first build on it does not spend its time unpacking the base
+/// image: what `docker pull` does when it extracts layers. Already unpacked layers are skipped.
+pub fn unpack_image(store: &Store, manifest_digest: &Digest) -> Result<(), BuildError> {
+    let loaded = crate::image::load_image(store, manifest_digest)?;
+    let layers: Vec<crate::layer::LayerInfo> = loaded
+        .manifest
+        .layers
+        .iter()
+        .zip(&loaded.config.rootfs.diff_ids)
+        .map(|(descriptor, diff_id)| crate::layer::LayerInfo {
+            diff_id: diff_id.clone(),
+            digest: descriptor.digest.clone(),
+            size: descriptor.size,
+            media_type: descriptor.media_type.clone(),
+        })
+        .collect();
+    rootfs::RootfsManager::new(store)?
+        .snapshot_dirs(store, &layers)
+        .map_err(BuildError::Snapshot)?;
+    Ok(())
+}
+
 /// How a Dockerfile path is named in messages: its file name, or the path when that is short.
 fn dockerfile_label(path: &Path) -> String {
     path.file_name()

@@ -115,7 +115,17 @@ impl RootfsManager {
 }
 
 impl RootfsManager {
-    /// Makes the upper dir of a RUN the snapshot of the layer it became (no re-unpack).
+    /// An empty directory to unpack a new layer into, on the file system of the snapshots, for
+    /// `adopt_upper` once the layer is written.
+    pub fn unpack_dir(&self) -> Result<tempfile::TempDir, String> {
+        tempfile::Builder::new()
+            .prefix("unpack-")
+            .tempdir_in(self.scratch.path())
+            .map_err(|e| format!("cannot make a directory to unpack a layer into: {e}"))
+    }
+
+    /// Makes the upper dir of a RUN (or a layer unpacked while it was written, see
+    /// `unpack_dir`) the snapshot of the layer it became (no re-unpack).
     pub fn adopt_upper(
         &self,
         below: &[LayerInfo],

@@ -126,6 +126,10 @@ pub(crate) struct Executor<'a> {
     image_digests: BTreeMap<String, Digest>,
     /// Build settings that change every layer (platform, compression, SOURCE_DATE_EPOCH).
     settings: String,
+    /// Whether a later step will mount the file system of the step being dispatched (a later
+    /// RUN, COPY, ADD or WORKDIR in its stage, or another stage built on or copying from it):
+    /// then COPY/ADD layers are unpacked into their snapshot while they are written.
+    mounted_later: bool,
 }
 
 impl<'a> Executor<'a> {
@@ -162,6 +166,7 @@ impl<'a> Executor<'a> {
             used_build_args,
             cache: BuildCache::open(store)?,
             stat_cache: None,
+            mounted_later: true,
             stage_keys: BTreeMap::new(),
             image_digests: BTreeMap::new(),
             settings: format!(
@@ -260,7 +265,9 @@ impl<'a> Executor<'a> {
             slot: String::new(),
         };
 
-        // ONBUILD triggers of the base run first, then are cleared from the new image.
+        // ONBUILD triggers of the base run first, then are cleared from the new image. Their
+        // layers are assumed to be mounted later (the stage's own steps follow).
+        self.mounted_later = true;
         let triggers = std::mem::take(&mut state.image.config.config.on_build);
         for (trigger_index, trigger) in triggers.into_iter().enumerate() {
             let parsed = parse_trigger(&trigger, &stage.location)?;
@@ -275,6 +282,7 @@ impl<'a> Executor<'a> {
             self.dispatch(&mut state, index, &parsed)?;
         }
 
+        let needed_by_other_stages = self.plan.deps.values().any(|deps| deps.contains(&index));
         for (step, located) in stage.instructions.iter().enumerate() {
             if super::interrupted() {
                 return Err(BuildError::Interrupted);
@@ -286,6 +294,16 @@ impl<'a> Executor<'a> {
                 text: &located.source_text,
             });
             state.slot = format!("{index} {step}");
+            self.mounted_later = needed_by_other_stages
+                || stage.instructions[step + 1..].iter().any(|later| {
+                    matches!(
+                        later.instruction,
+                        Instruction::Run(_)
+                            | Instruction::Copy(_)
+                            | Instruction::Add(_)
+                            | Instruction::Workdir(_)
+                    )
+                });
             self.dispatch(&mut state, index, located)?;
         }
         self.stage_keys.insert(index, state.key.clone());
@@ -832,10 +850,24 @@ impl<'a> Executor<'a> {
             downloads,
         };
         let (entries, _scratch) = copy::entries(job)?;
-        let info = layer::write_layer(self.store, entries, &self.layer_options())
-            .map_err(|e| e.to_string())?;
+        if !self.mounted_later {
+            return layer::write_layer(self.store, entries, &self.layer_options())
+                .map_err(|e| e.to_string());
+        }
+        // A later step mounts this layer: unpack it while writing it, instead of reading and
+        // decompressing the blob again when it is mounted.
+        let snapshot = self.rootfs.unpack_dir()?;
+        let info = layer::write_layer_unpacking(
+            self.store,
+            entries,
+            &self.layer_options(),
+            snapshot.path(),
+        )
+        .map_err(|e| e.to_string())?;
         drop(source_mount);
         drop(target);
+        self.rootfs
+            .adopt_upper(&state.image.layers, &info, snapshot)?;
         Ok(info)
     }
 

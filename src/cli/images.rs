@@ -52,6 +52,10 @@ pub struct PullArgs {
     /// Print nothing but the digest.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Only store the blobs. By default the layers are also unpacked for builds, as
+    /// `docker pull` does, so that the first build on the image does not have to.
+    #[arg(long)]
+    pub no_unpack: bool,
     #[command(flatten)]
     pub registry: super::push::RegistryFlags,
 }
@@ -224,6 +228,20 @@ pub fn pull(store: &Store, args: PullArgs) -> anyhow::Result<()> {
     let pulled = runtime.block_on(crate::client::pull(store, &reference, &options, &progress))?;
     if !args.quiet {
         eprintln!("pulled {}", reference.familiar());
+    }
+    // Only images a build here can run (the host's platform) are worth unpacking.
+    let runnable = options
+        .platform
+        .as_ref()
+        .is_none_or(|p| p.matches(&crate::build::Platform::host()));
+    if runnable && !args.no_unpack {
+        // The build unpacks whatever is missing, so a failure here costs time, not correctness.
+        if let Err(e) = crate::build::unpack_image(store, &pulled.manifest_digest) {
+            eprintln!(
+                "warning: cannot unpack {} for builds yet: {e}",
+                reference.familiar()
+            );
+        }
     }
     println!("{}", pulled.manifest_digest);
     Ok(())

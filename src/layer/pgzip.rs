@@ -4,6 +4,12 @@
 //! level, never on the number of threads. Any gzip reader that handles multi-member files
 //! (Go's gzip, zlib's gunzip, flate2's MultiGzDecoder) reads it as one stream.
 //!
+//! Chunks that do not compress (already compressed assets, random data) are stored instead of
+//! deflated: four 16 KiB samples of the chunk are trial-compressed at level 1 first, and when
+//! none of them shrinks by at least 3% the member holds stored deflate blocks. The decision
+//! depends only on the chunk's bytes, so output stays deterministic, and it saves the full-level
+//! deflate work on data that would come out no smaller anyway.
+//!
 //! Memory is bounded: at most `2 * threads` chunks are in flight.
 
 use std::collections::BTreeMap;
@@ -39,8 +45,44 @@ pub struct ParallelGzipWriter<W: Write> {
     inline: bool,
 }
 
-/// Compresses one chunk into a complete gzip member.
+/// Bytes of each sample trial-compressed to decide whether a chunk is worth deflating.
+const SAMPLE_SIZE: usize = 16 * 1024;
+/// Samples per chunk, spread evenly over it.
+const SAMPLES: usize = 4;
+/// A sample "compresses" when its level-1 output is below this many 1/1000ths of its size.
+const COMPRESSIBLE_PER_MILLE: usize = 970;
+
+/// True when no sample of `chunk` shrinks under fast deflate: the chunk is then stored.
+/// Chunks too small to sample are always deflated.
+fn looks_incompressible(chunk: &[u8]) -> bool {
+    if chunk.len() < SAMPLES * SAMPLE_SIZE {
+        return false;
+    }
+    let stride = chunk.len() / SAMPLES;
+    let mut out = Vec::with_capacity(SAMPLE_SIZE + SAMPLE_SIZE / 8);
+    (0..SAMPLES).all(|i| {
+        let sample = &chunk[i * stride..i * stride + SAMPLE_SIZE];
+        let mut deflate = flate2::Compress::new(flate2::Compression::fast(), false);
+        out.clear();
+        match deflate.compress_vec(sample, &mut out, flate2::FlushCompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => {
+                out.len() * 1000 >= sample.len() * COMPRESSIBLE_PER_MILLE
+            }
+            // Output did not fit in 112% of the input, or an error: surely not compressible,
+            // and an error here is harmless (the real compression reports it).
+            _ => true,
+        }
+    })
+}
+
+/// Compresses one chunk into a complete gzip member (stored blocks when it looks
+/// incompressible).
 fn compress_member(chunk: &[u8], level: flate2::Compression) -> io::Result<Vec<u8>> {
+    let level = if level.level() > 0 && looks_incompressible(chunk) {
+        flate2::Compression::none()
+    } else {
+        level
+    };
     let mut encoder = flate2::GzBuilder::new()
         .operating_system(GZIP_OS_UNKNOWN)
         .mtime(0)
@@ -196,6 +238,47 @@ mod tests {
         let one = gzip(&data, 1);
         assert_eq!(gzip(&data, 2), one);
         assert_eq!(gzip(&data, 5), one);
+        let mut decoded = Vec::new();
+        flate2::read::MultiGzDecoder::new(&one[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, data);
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), which deflate cannot shrink.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_and_compressible_ones_deflated() {
+        let random = noise(CHUNK_SIZE, 7);
+        assert!(looks_incompressible(&random));
+        let stored = gzip(&random, 2);
+        // Stored blocks: 5 bytes per 64 KiB block, plus the gzip header and trailer.
+        assert!(stored.len() > random.len(), "stored, not deflated");
+        assert!(stored.len() < random.len() + random.len() / 1000 + 64);
+
+        // Random data with compressible text in one sampled spot is still deflated.
+        let mut mixed = random.clone();
+        let text = sample(SAMPLE_SIZE * 2);
+        let spot = CHUNK_SIZE / SAMPLES * 2;
+        mixed[spot..spot + text.len()].copy_from_slice(&text);
+        assert!(!looks_incompressible(&mixed));
+        assert!(!looks_incompressible(&sample(CHUNK_SIZE)));
+
+        // Either way the output decodes back and is the same for any thread count.
+        let data = [random.clone(), sample(CHUNK_SIZE), mixed, noise(1000, 3)].concat();
+        let one = gzip(&data, 1);
+        assert_eq!(gzip(&data, 3), one);
         let mut decoded = Vec::new();
         flate2::read::MultiGzDecoder::new(&one[..])
             .read_to_end(&mut decoded)

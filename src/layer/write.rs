@@ -10,13 +10,16 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::mpsc::{self, SyncSender};
 
 use crate::digest::{Algorithm, Digest, HashingWriter};
 use crate::store::{BlobWriter, Store};
 
 use super::pgzip::ParallelGzipWriter;
 use super::tar_header::{self, HeaderFields, TypeFlag};
-use super::{Compression, Entry, EntryKind, FileSource, LayerError};
+use super::unpack::{ChunkReader, unpack_tar_stream};
+use super::{Compression, Entry, EntryKind, FileSource, LayerError, UnpackMode};
 
 /// How to write a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +51,7 @@ pub fn write_layer(
     write_layer_with_threads(store, entries, opts, threads)
 }
 
-/// `write_layer` with an explicit gzip thread count (the output does not depend on it).
+/// `write_layer` with an explicit compression thread count (the output does not depend on it).
 pub fn write_layer_with_threads(
     store: &Store,
     entries: Vec<Entry>,
@@ -56,31 +59,88 @@ pub fn write_layer_with_threads(
     threads: usize,
 ) -> Result<LayerInfo, LayerError> {
     let entries = order_entries(entries)?;
-    let blob = store.blob_writer()?;
-    let compressor = match opts.compression {
-        Compression::Gzip => Compressor::Gzip(ParallelGzipWriter::new(
-            blob,
-            flate2::Compression::default(),
-            threads,
-        )),
-        Compression::Zstd { level } => Compressor::Zstd(
-            zstd::stream::write::Encoder::new(blob, level).map_err(LayerError::WriteStream)?,
-        ),
-        Compression::Uncompressed => Compressor::None(blob),
-    };
+    let compressor = Compressor::new(store, opts.compression, threads)?;
+    let (compressor, diff_id) = write_tar(
+        TeeWriter {
+            compressor,
+            copies: None,
+        },
+        &entries,
+        opts.source_date_epoch,
+    )?;
+    commit(compressor, diff_id, opts)
+}
+
+/// `write_layer`, also unpacking the layer (in overlay form, as `unpack` would) into the empty
+/// or missing directory `unpack_into` while it is written: a second thread turns the same tar
+/// bytes into files, so the layer's snapshot costs no second read of the blob and no
+/// decompression. On error `unpack_into` may hold part of the layer; the caller discards it.
+pub fn write_layer_unpacking(
+    store: &Store,
+    entries: Vec<Entry>,
+    opts: &LayerOptions,
+    unpack_into: &Path,
+) -> Result<LayerInfo, LayerError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let entries = order_entries(entries)?;
+    let compressor = Compressor::new(store, opts.compression, threads)?;
+    std::thread::scope(|scope| {
+        let (copies, received) = mpsc::sync_channel(TEE_CHUNKS);
+        let unpacker = scope.spawn(move || {
+            unpack_tar_stream(ChunkReader::new(received), unpack_into, UnpackMode::Overlay)
+        });
+        let tee = TeeWriter {
+            compressor,
+            copies: Some(copies),
+        };
+        // The tee (and with it the channel) is gone once write_tar returns: the unpacker
+        // then sees the end of the tar.
+        let written = write_tar(tee, &entries, opts.source_date_epoch);
+        let unpacked = unpacker.join().unwrap_or_else(|_| {
+            Err(LayerError::WriteStream(io::Error::other(
+                "the thread unpacking the layer panicked",
+            )))
+        });
+        match (written, unpacked) {
+            (Ok((compressor, diff_id)), Ok(_)) => commit(compressor, diff_id, opts),
+            // A failed unpack stops the tee, so its error is the cause of any write error.
+            (_, Err(unpack_error)) => Err(unpack_error),
+            (Err(write_error), Ok(_)) => Err(write_error),
+        }
+    })
+}
+
+/// Bytes of tar in flight to the unpacking thread, in writes of up to 256 KiB (bounded memory).
+const TEE_CHUNKS: usize = 8;
+
+/// Writes the tar of `entries` into `sink`; returns the compressor and the tar's sha256.
+fn write_tar(
+    sink: TeeWriter,
+    entries: &[Entry],
+    source_date_epoch: Option<u64>,
+) -> Result<(Compressor, Digest), LayerError> {
     let mut tar = HashingWriter::new(
-        io::BufWriter::with_capacity(256 * 1024, compressor),
+        io::BufWriter::with_capacity(256 * 1024, sink),
         Algorithm::Sha256,
     );
-    for entry in &entries {
-        write_entry(&mut tar, entry, opts.source_date_epoch)?;
+    for entry in entries {
+        write_entry(&mut tar, entry, source_date_epoch)?;
     }
     tar.write_all(&[0u8; 2 * tar_header::BLOCK])
         .map_err(LayerError::WriteStream)?;
     let (buffered, diff_id, _) = tar.finish();
-    let compressor = buffered.into_inner().map_err(|e| {
+    let tee = buffered.into_inner().map_err(|e| {
         LayerError::WriteStream(io::Error::new(e.error().kind(), e.error().to_string()))
     })?;
+    Ok((tee.compressor, diff_id))
+}
+
+/// Finishes the compressed stream and commits the blob.
+fn commit(
+    compressor: Compressor,
+    diff_id: Digest,
+    opts: &LayerOptions,
+) -> Result<LayerInfo, LayerError> {
     let blob = compressor.finish().map_err(LayerError::WriteStream)?;
     let (digest, size) = blob.commit(None)?;
     Ok(LayerInfo {
@@ -91,6 +151,28 @@ pub fn write_layer_with_threads(
     })
 }
 
+/// Passes the tar to the compressor and, when unpacking too, a copy to the unpacking thread.
+struct TeeWriter {
+    compressor: Compressor,
+    copies: Option<SyncSender<io::Result<Vec<u8>>>>,
+}
+
+impl Write for TeeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.compressor.write(buf)?;
+        if let Some(copies) = &self.copies
+            && copies.send(Ok(buf[..n].to_vec())).is_err()
+        {
+            return Err(io::Error::other("unpacking the layer stopped"));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.compressor.flush()
+    }
+}
+
 /// The compression stage between the tar hasher and the blob.
 enum Compressor {
     Gzip(ParallelGzipWriter<BlobWriter>),
@@ -99,6 +181,29 @@ enum Compressor {
 }
 
 impl Compressor {
+    /// A compressor into a new blob of `store`.
+    fn new(store: &Store, compression: Compression, threads: usize) -> Result<Self, LayerError> {
+        let blob = store.blob_writer()?;
+        Ok(match compression {
+            Compression::Gzip => Compressor::Gzip(ParallelGzipWriter::new(
+                blob,
+                flate2::Compression::default(),
+                threads,
+            )),
+            Compression::Zstd { level } => {
+                let mut encoder = zstd::stream::write::Encoder::new(blob, level)
+                    .map_err(LayerError::WriteStream)?;
+                // Streaming multi-threaded zstd writes the same bytes for any number of workers
+                // >= 1 (but not for 0, the single-threaded mode), so never 0.
+                encoder
+                    .multithread(threads.max(1) as u32)
+                    .map_err(LayerError::WriteStream)?;
+                Compressor::Zstd(encoder)
+            }
+            Compression::Uncompressed => Compressor::None(blob),
+        })
+    }
+
     fn finish(self) -> io::Result<BlobWriter> {
         match self {
             Compressor::Gzip(w) => w.finish(),
@@ -485,6 +590,90 @@ mod tests {
         assert_eq!(one, three);
     }
 
+    /// Every path under `root` with its kind, mode, owner, mtime (files and symlinks) and
+    /// content digest.
+    fn tree(root: &std::path::Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for item in std::fs::read_dir(&dir).unwrap() {
+                let path = item.unwrap().path();
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                let content = if meta.is_file() {
+                    Digest::sha256_of(&std::fs::read(&path).unwrap()).to_string()
+                } else if meta.file_type().is_symlink() {
+                    std::fs::read_link(&path).unwrap().display().to_string()
+                } else {
+                    String::new()
+                };
+                // Directory times change as children arrive; whiteout devices get "now".
+                let keeps_mtime = meta.is_file() || meta.file_type().is_symlink();
+                let mtime = if keeps_mtime { meta.mtime() } else { 0 };
+                out.push(format!(
+                    "{rel} {:o} {}:{} {mtime} {content}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid()
+                ));
+                if meta.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn unpacking_while_writing_gives_the_same_blob_and_the_same_tree_as_unpacking_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let big = dir.path().join("big");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&big, &data).unwrap();
+        // (Without the invalid test capability, which a real file system rejects.)
+        let mut entries: Vec<Entry> = sample_entries()
+            .into_iter()
+            .filter(|e| e.xattrs.is_empty())
+            .collect();
+        entries.push(Entry {
+            kind: EntryKind::File {
+                source: FileSource::Path(big),
+                size: data.len() as u64,
+            },
+            ..file("usr/big", b"")
+        });
+        let plain = write_layer(&store, entries.clone(), &gzip_opts()).unwrap();
+        let teed_dir = dir.path().join("teed");
+        let teed = write_layer_unpacking(&store, entries, &gzip_opts(), &teed_dir).unwrap();
+        assert_eq!(teed, plain);
+
+        let unpacked_dir = dir.path().join("unpacked");
+        crate::layer::unpack(
+            store.open_blob(&plain.digest).unwrap(),
+            &unpacked_dir,
+            UnpackMode::Overlay,
+        )
+        .unwrap();
+        let tree_teed = tree(&teed_dir);
+        assert!(tree_teed.iter().any(|line| line.starts_with("usr/big ")));
+        assert_eq!(tree_teed, tree(&unpacked_dir));
+    }
+
+    #[test]
+    fn a_failing_unpack_fails_the_layer_with_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, b"x").unwrap();
+        let err =
+            write_layer_unpacking(&store, sample_entries(), &gzip_opts(), &not_a_dir).unwrap_err();
+        assert!(matches!(err, LayerError::Unpack { .. }), "{err}");
+        assert!(err.to_string().contains("file"), "{err}");
+    }
+
     #[test]
     fn tar_is_sorted_with_dirs_slashed_whiteouts_and_links_resolvable() {
         let dir = tempfile::tempdir().unwrap();
@@ -599,6 +788,32 @@ mod tests {
             .read_to_end(&mut tar)
             .unwrap();
         assert_eq!(Digest::sha256_of(&tar), zst.diff_id);
+    }
+
+    #[test]
+    fn zstd_output_is_identical_for_any_thread_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = dir.path().join("big");
+        // Enough data for several zstd jobs, partly compressible.
+        let data: Vec<u8> = (0..24_000_000u32)
+            .map(|i| ((i / 7) % 251) as u8 ^ (i.wrapping_mul(2_654_435_761) >> 28) as u8)
+            .collect();
+        std::fs::write(&big, &data).unwrap();
+        let entries = vec![Entry {
+            kind: EntryKind::File {
+                source: FileSource::Path(big),
+                size: data.len() as u64,
+            },
+            ..file("big", b"")
+        }];
+        let opts = LayerOptions {
+            compression: Compression::Zstd { level: 3 },
+            source_date_epoch: None,
+        };
+        let one = write_layer_with_threads(&store, entries.clone(), &opts, 1).unwrap();
+        let four = write_layer_with_threads(&store, entries, &opts, 4).unwrap();
+        assert_eq!(one, four);
     }
 
     #[test]
