@@ -54,6 +54,8 @@ struct StageState {
     use_cache: bool,
     /// Names the Dockerfile step being run (stage, step index), for --explain-cache.
     slot: String,
+    /// Index of the stage in the Dockerfile (which steps `--cache-to mode=min` exports).
+    stage: usize,
 }
 
 impl StageState {
@@ -126,6 +128,8 @@ pub(crate) struct Executor<'a> {
     image_digests: BTreeMap<String, Digest>,
     /// Build settings that change every layer (platform, compression, SOURCE_DATE_EPOCH).
     settings: String,
+    /// Records imported with `--cache-from`, and the record of every step used (`--cache-to`).
+    pub(super) remote: Option<std::sync::Arc<super::registry_cache::RemoteCache>>,
 }
 
 impl<'a> Executor<'a> {
@@ -168,6 +172,7 @@ impl<'a> Executor<'a> {
                 "platform={platform} compression={:?} source_date_epoch={:?}",
                 opts.compression, opts.source_date_epoch
             ),
+            remote: None,
         })
     }
 
@@ -258,6 +263,7 @@ impl<'a> Executor<'a> {
             key: base_key,
             use_cache: !self.opts.no_cache && !filtered,
             slot: String::new(),
+            stage: index,
         };
 
         // ONBUILD triggers of the base run first, then are cleared from the new image.
