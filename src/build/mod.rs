@@ -173,7 +173,7 @@ pub enum BuildError {
     #[error("build interrupted")]
     Interrupted,
     #[error("cannot export the build {0}")]
-    CacheExport(#[from] registry_cache::RegistryCacheError),
+    CacheExport(Box<registry_cache::RegistryCacheError>),
     #[error("cannot start the async runtime for the registry cache: {0}")]
     AsyncRuntime(std::io::Error),
 }
@@ -299,12 +299,14 @@ pub fn build(
             registry_cache::CacheMode::Min => Some(registry_cache::final_image_stages(&plan)),
         };
         let records = remote.used_records(stages.as_ref());
-        let pushed = runtime.block_on(registry_cache::export(
-            store,
-            records,
-            &export.reference,
-            &connection,
-        ))?;
+        let pushed = runtime
+            .block_on(registry_cache::export(
+                store,
+                records,
+                &export.reference,
+                &connection,
+            ))
+            .map_err(|e| BuildError::CacheExport(Box::new(e)))?;
         let note = format!(
             "exported build cache to {}@{pushed}",
             export.reference.familiar()
