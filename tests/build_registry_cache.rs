@@ -142,6 +142,30 @@ fn round_trip(cache: &str) {
     for step in STEPS {
         assert!(!first.cached(step), "first build of {step} cached");
     }
+    // The cache is an OCI artifact: the records in its config, one layer per layer step.
+    let raw = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        manifest["artifactType"], "application/vnd.imgbuild.cache.v1+json",
+        "{raw}"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"], "application/vnd.imgbuild.cache.config.v1+json",
+        "{raw}"
+    );
+    assert_eq!(
+        manifest["layers"].as_array().map(Vec::len),
+        Some(4),
+        "{raw}"
+    );
 
     let from = format!("type=registry,ref={cache}");
     let fresh_root = temp_dir();
