@@ -11,6 +11,7 @@ mod heredoc;
 mod plan;
 pub mod platform;
 pub mod prune;
+pub mod registry_cache;
 mod rootfs;
 mod run;
 mod stage;
@@ -62,6 +63,10 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, PathBuf>,
     /// `--runtime`: the OCI runtime for RUN (default: detected, crun or runc).
     pub runtime: Option<PathBuf>,
+    /// `--cache-from type=registry,ref=R`: registry caches whose step records may be reused.
+    pub cache_from: Vec<Reference>,
+    /// `--cache-to type=registry,ref=R`: where to push this build's step records and layers.
+    pub cache_to: Option<registry_cache::CacheExport>,
 }
 
 impl BuildOptions {
@@ -84,6 +89,8 @@ impl BuildOptions {
             network: None,
             secrets: BTreeMap::new(),
             runtime: None,
+            cache_from: Vec::new(),
+            cache_to: None,
         }
     }
 }
@@ -165,6 +172,10 @@ pub enum BuildError {
     StagePanicked(usize),
     #[error("build interrupted")]
     Interrupted,
+    #[error("cannot export the build {0}")]
+    CacheExport(Box<registry_cache::RegistryCacheError>),
+    #[error("cannot start the async runtime for the registry cache: {0}")]
+    AsyncRuntime(std::io::Error),
 }
 
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -236,8 +247,34 @@ pub fn build(
     let ignore = dockerfile::ignore::load_for_build(&opts.context, &dockerfile_path)?;
 
     let plan = plan::Plan::new(&parsed, opts, &host)?;
+    let cache_runtime = if opts.cache_from.is_empty() && opts.cache_to.is_none() {
+        None
+    } else {
+        Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(BuildError::AsyncRuntime)?,
+        )
+    };
+    let connection = crate::client::ConnectionOptions::default();
+    let remote = match &cache_runtime {
+        Some(runtime) => {
+            let (remote, warnings) = runtime.block_on(registry_cache::RemoteCache::import(
+                &opts.cache_from,
+                &connection,
+            ));
+            for warning in &warnings {
+                progress.event(BuildEvent::Note(warning));
+            }
+            Some(std::sync::Arc::new(remote))
+        }
+        None => None,
+    };
     let mut executor = stage::Executor::new(store, opts, &host, &parsed, &plan, ignore, progress)?;
+    executor.remote = remote.clone();
     let image = executor.run()?;
+    drop(executor);
 
     let mut config = image.config;
     for (key, value) in &opts.labels {
@@ -256,6 +293,26 @@ pub fn build(
         .collect();
     let written = crate::image::write_image(store, &config, &layers)?;
     let config_digest = Digest::sha256_of(&config.to_json());
+    if let (Some(export), Some(remote), Some(runtime)) = (&opts.cache_to, &remote, &cache_runtime) {
+        let stages = match export.mode {
+            registry_cache::CacheMode::Max => None,
+            registry_cache::CacheMode::Min => Some(registry_cache::final_image_stages(&plan)),
+        };
+        let records = remote.used_records(stages.as_ref());
+        let pushed = runtime
+            .block_on(registry_cache::export(
+                store,
+                records,
+                &export.reference,
+                &connection,
+            ))
+            .map_err(|e| BuildError::CacheExport(Box::new(e)))?;
+        let note = format!(
+            "exported build cache to {}@{pushed}",
+            export.reference.familiar()
+        );
+        progress.event(BuildEvent::Note(&note));
+    }
     let tags = opts.tags.clone();
     for tag in &tags {
         store.set_ref(RefEntry {

@@ -54,6 +54,8 @@ struct StageState {
     use_cache: bool,
     /// Names the Dockerfile step being run (stage, step index), for --explain-cache.
     slot: String,
+    /// Index of the stage in the Dockerfile (which steps `--cache-to mode=min` exports).
+    stage: usize,
 }
 
 impl StageState {
@@ -130,6 +132,8 @@ pub(crate) struct Executor<'a> {
     /// RUN, COPY, ADD or WORKDIR in its stage, or another stage built on or copying from it):
     /// then COPY/ADD layers are unpacked into their snapshot while they are written.
     mounted_later: bool,
+    /// Records imported with `--cache-from`, and the record of every step used (`--cache-to`).
+    pub(super) remote: Option<std::sync::Arc<super::registry_cache::RemoteCache>>,
 }
 
 impl<'a> Executor<'a> {
@@ -173,6 +177,7 @@ impl<'a> Executor<'a> {
                 "platform={platform} compression={:?} source_date_epoch={:?}",
                 opts.compression, opts.source_date_epoch
             ),
+            remote: None,
         })
     }
 
@@ -263,6 +268,7 @@ impl<'a> Executor<'a> {
             key: base_key,
             use_cache: !self.opts.no_cache && !filtered,
             slot: String::new(),
+            stage: index,
         };
 
         // ONBUILD triggers of the base run first, then are cleared from the new image. Their

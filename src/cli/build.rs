@@ -75,6 +75,13 @@ pub struct BuildArgs {
     /// OCI runtime for RUN steps (path or name, e.g. runc) [default: the first of crun, runc that works].
     #[arg(long)]
     pub runtime: Option<PathBuf>,
+    /// Reuse step results from a registry cache: `type=registry,ref=REF` (repeatable).
+    #[arg(long = "cache-from", value_name = "type=registry,ref=REF")]
+    pub cache_from: Vec<String>,
+    /// Push this build's step results to a registry cache:
+    /// `type=registry,ref=REF[,mode=min|max]`.
+    #[arg(long = "cache-to", value_name = "type=registry,ref=REF")]
+    pub cache_to: Option<String>,
 }
 
 /// Parses `--secret id=ID,src=FILE` / `id=ID,env=VAR` (env secrets are written to a private
@@ -238,6 +245,13 @@ pub fn run(store: &Store, args: BuildArgs) -> anyhow::Result<()> {
 
     opts.network = args.network.clone();
     opts.runtime = args.runtime.clone();
+    for value in &args.cache_from {
+        opts.cache_from
+            .push(build::registry_cache::parse_cache_from(value)?);
+    }
+    if let Some(value) = &args.cache_to {
+        opts.cache_to = Some(build::registry_cache::parse_cache_to(value)?);
+    }
     let mut secret_files = Vec::new();
     for secret in &args.secrets {
         let (id, path) = parse_secret(secret, &mut secret_files)?;

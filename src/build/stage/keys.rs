@@ -10,6 +10,7 @@ use crate::build::BuildEvent;
 use crate::build::cache::{self, StepInputs, StepRecord};
 use crate::build::copy;
 use crate::build::plan::CopyFrom;
+use crate::build::registry_cache;
 use crate::build::run::{self, MountSpec};
 use crate::context::{self, CopyItem, CopyOptions, StatCache};
 use crate::digest::Digest;
@@ -35,8 +36,9 @@ impl Executor<'_> {
         let key = inputs.key();
         let slot = self.slot_digest(state);
         if state.use_cache
-            && let Some(record) = self.cache.lookup(self.store, &key)
+            && let Some(record) = self.lookup_step(&key)
         {
+            self.note_used(state, &record);
             self.progress.event(BuildEvent::Cached);
             self.remember_slot(&slot, &key);
             let layer: Option<LayerInfo> = record.layer.map(Into::into);
@@ -66,6 +68,7 @@ impl Executor<'_> {
             inputs: inputs.into_values(),
         };
         self.save_record(&record);
+        self.note_used(state, &record);
         self.remember_slot(&slot, &key);
         state.key = result_key(&key, layer.as_ref());
         Ok((layer, created))
@@ -101,8 +104,9 @@ impl Executor<'_> {
             return Ok(());
         }
         if state.use_cache
-            && let Some(record) = self.cache.lookup(self.store, &key)
+            && let Some(record) = self.lookup_step(&key)
         {
+            self.note_used(state, &record);
             if let Some(entry) = state.image.config.history.get_mut(history_before) {
                 entry.created = Some(record.created);
             }
@@ -120,7 +124,51 @@ impl Executor<'_> {
             inputs: inputs.into_values(),
         };
         self.save_record(&record);
+        self.note_used(state, &record);
         Ok(())
+    }
+
+    /// The record of `key`: the local cache's, else one imported with `--cache-from` (its
+    /// layer is downloaded now, verified, and the record saved locally). A cache layer that
+    /// cannot be fetched is a warning and a miss.
+    fn lookup_step(&mut self, key: &Digest) -> Option<StepRecord> {
+        if let Some(record) = self.cache.lookup(self.store, key) {
+            return Some(record);
+        }
+        let remote = self.remote.clone()?;
+        let (record, source) = remote.imported(key)?;
+        if let Some(layer) = &record.layer {
+            let store = self.store;
+            let connection = crate::client::ConnectionOptions::default();
+            let fetched = match self.runtime() {
+                Ok(runtime) => runtime
+                    .block_on(registry_cache::fetch_layer(
+                        store,
+                        source,
+                        &layer.digest,
+                        layer.size,
+                        &connection,
+                    ))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = fetched {
+                let note = format!("warning: cannot use the registry cache: {e}");
+                self.progress.event(BuildEvent::Note(&note));
+                return None;
+            }
+            let note = format!("CACHED (from registry {})", source.familiar());
+            self.progress.event(BuildEvent::Note(&note));
+        }
+        self.save_record(record);
+        Some(record.clone())
+    }
+
+    /// Remembers that this build used `record` (for `--cache-to`).
+    fn note_used(&self, state: &StageState, record: &StepRecord) {
+        if let Some(remote) = &self.remote {
+            remote.note_used(state.stage, record);
+        }
     }
 
     /// The inputs of a COPY/ADD: its expanded fields and the identity of what it copies

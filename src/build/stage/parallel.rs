@@ -111,6 +111,7 @@ impl Executor<'_> {
                         let stage_keys = self.stage_keys.clone();
                         let image_digests = self.image_digests.clone();
                         let ignore = self.ignore.clone();
+                        let remote = self.remote.clone();
                         let handle = scope.spawn(move || {
                             let mut progress = RecordedProgress::default();
                             let outcome = (|| {
@@ -127,6 +128,7 @@ impl Executor<'_> {
                                 worker.images = images;
                                 worker.stage_keys = stage_keys;
                                 worker.image_digests = image_digests;
+                                worker.remote = remote;
                                 let image = worker.build_stage(index)?;
                                 Ok(WorkerOutcome {
                                     image,
