@@ -6,54 +6,9 @@
 
 mod common;
 
+use common::serve::Registry;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command};
-
-/// An `imgbuild serve` on a free loopback port, killed on drop.
-struct Registry {
-    child: Child,
-    address: String,
-    _data: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let data = temp_dir();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
-            .args(["serve", "--addr", &address, "--data"])
-            .arg(data.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start imgbuild serve");
-        let registry = Registry {
-            child,
-            address,
-            _data: data,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&registry.address).is_ok() {
-                return registry;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("imgbuild serve did not start on {}", registry.address);
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The output of one build: the image digest and, per step, its text and whether it was CACHED.
 struct Built {

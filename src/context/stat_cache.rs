@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -214,17 +214,13 @@ fn hash_file(path: &Path) -> Result<(Digest, u64), ContextError> {
     }
 }
 
-/// Writes `bytes` to `path` via a synced temp file in the same directory and a rename.
+/// Writes `bytes` to `path` atomically ([`crate::fsutil`]), creating its directory first.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
-    let mut temp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::fsutil::write_file_atomic(path, bytes, None)
 }
 
 #[cfg(test)]
