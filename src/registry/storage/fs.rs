@@ -50,7 +50,7 @@ const WRITE_BATCH: usize = 1024 * 1024;
 const SMALL_BLOB: u64 = 64 * 1024;
 
 /// Runs a small file-system operation (a stat, a link file, a manifest of at most 4 MiB, a
-/// small blob) right on the runtime thread. These read metadata-sized files that sit in the
+/// small blob, a blob's use stamp) right on the runtime thread. These read metadata-sized files that sit in the
 /// page cache, and a trip to the blocking pool (two thread wake-ups) costs several times the
 /// read itself: it halved manifest GET throughput. Anything that can be large or slow (blob
 /// streams, uploads, fsyncs, directory walks) goes through [`blocking`].
@@ -78,7 +78,14 @@ struct Session {
 pub struct FilesystemStorage {
     root: PathBuf,
     sessions: StdMutex<HashMap<UploadId, Arc<Mutex<Session>>>>,
+    /// Manifest bytes by digest, so a manifest GET reads only its tag and link files. Content
+    /// is addressed by digest and never changes; whether a repository may see it is still
+    /// decided by its link file on every read. Emptied when it would pass [`MANIFEST_CACHE_BYTES`].
+    manifest_bytes: StdMutex<HashMap<Digest, Bytes>>,
 }
+
+/// Most manifest bytes kept in memory by [`FilesystemStorage`].
+const MANIFEST_CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
     let path = path.to_path_buf();
@@ -271,6 +278,7 @@ impl FilesystemStorage {
         Ok(FilesystemStorage {
             root,
             sessions: StdMutex::new(HashMap::new()),
+            manifest_bytes: StdMutex::new(HashMap::new()),
         })
     }
 
@@ -280,6 +288,28 @@ impl FilesystemStorage {
             .join(alg_dir(digest))
             .join(&digest.hex()[..2])
             .join(digest.hex())
+    }
+
+    fn cached_manifest(&self, digest: &Digest) -> Option<Bytes> {
+        let cache = self.manifest_bytes.lock().ok()?;
+        cache.get(digest).cloned()
+    }
+
+    fn cache_manifest(&self, digest: &Digest, bytes: &Bytes) {
+        let Ok(mut cache) = self.manifest_bytes.lock() else {
+            return;
+        };
+        let held: usize = cache.values().map(Bytes::len).sum();
+        if held + bytes.len() > MANIFEST_CACHE_BYTES {
+            cache.clear();
+        }
+        cache.insert(digest.clone(), bytes.clone());
+    }
+
+    fn forget_manifest(&self, digest: &Digest) {
+        if let Ok(mut cache) = self.manifest_bytes.lock() {
+            cache.remove(digest);
+        }
     }
 
     fn repo_dir(&self, repo: &RepositoryName) -> PathBuf {
@@ -784,12 +814,19 @@ impl Storage for FilesystemStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("read", &link)(e)),
         };
-        let path = self.blob_path(digest);
-        let bytes = inline(|| fs::read(&path)).map_err(io_error("read manifest blob", &path))?;
-        Ok(Some(StoredManifest {
-            media_type,
-            bytes: Bytes::from(bytes),
-        }))
+        let cached = self.cached_manifest(digest);
+        let bytes = match cached {
+            Some(bytes) => bytes,
+            None => {
+                let path = self.blob_path(digest);
+                let bytes =
+                    inline(|| fs::read(&path)).map_err(io_error("read manifest blob", &path))?;
+                let bytes = Bytes::from(bytes);
+                self.cache_manifest(digest, &bytes);
+                bytes
+            }
+        };
+        Ok(Some(StoredManifest { media_type, bytes }))
     }
 
     async fn manifest_delete(&self, repo: &RepositoryName, digest: &Digest) -> StorageResult<bool> {
@@ -925,10 +962,11 @@ impl Storage for FilesystemStorage {
 
     async fn blob_touch(&self, digest: &Digest) -> StorageResult<()> {
         let path = self.blob_path(digest);
-        blocking(move || touch_file(&path).map(|_| ())).await
+        inline(|| touch_file(&path).map(|_| ()))
     }
 
     async fn blob_delete(&self, digest: &Digest) -> StorageResult<bool> {
+        self.forget_manifest(digest);
         let path = self.blob_path(digest);
         blocking(move || {
             let existed = remove_file_if_exists(&path)?;
@@ -945,6 +983,7 @@ impl Storage for FilesystemStorage {
         digest: &Digest,
         unused_since: SystemTime,
     ) -> StorageResult<bool> {
+        self.forget_manifest(digest);
         let path = self.blob_path(digest);
         let trash_dir = self.root.join("blobs/.trash");
         let name = format!(
