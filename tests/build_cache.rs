@@ -5,53 +5,9 @@
 
 mod common;
 
+use common::build_log::build;
 use common::*;
 use std::path::Path;
-
-/// The output of one build: the image digest and, per step, its text and whether it was CACHED.
-struct Built {
-    digest: String,
-    steps: Vec<(String, bool)>,
-    log: String,
-}
-
-impl Built {
-    fn cached(&self, text: &str) -> bool {
-        self.steps
-            .iter()
-            .find(|(step, _)| step == text)
-            .unwrap_or_else(|| panic!("no step {text:?} in:\n{}", self.log))
-            .1
-    }
-
-    fn cached_count(&self) -> usize {
-        self.steps.iter().filter(|(_, cached)| *cached).count()
-    }
-}
-
-fn build(root: &Path, context: &Path, extra: &[&str]) -> Built {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    let context_text = context.to_str().unwrap().to_string();
-    args.push(&context_text);
-    let output = imgbuild(root, &args);
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    let digest = ok(output).trim().to_string();
-    // "#3 [stage-0 2/4] COPY a.txt /a.txt" then maybe "#3 CACHED".
-    let mut steps: Vec<(String, bool)> = Vec::new();
-    for line in log.lines() {
-        if line.ends_with(" CACHED") {
-            if let Some(last) = steps.last_mut() {
-                last.1 = true;
-            }
-        } else if let Some((_, text)) = line.split_once("] ")
-            && line.starts_with('#')
-        {
-            steps.push((text.to_string(), false));
-        }
-    }
-    Built { digest, steps, log }
-}
 
 /// Lets just-written files age past the stat cache's racy window, so their hashes are kept.
 fn settle() {

@@ -2,6 +2,7 @@
 //! engine and skopeo, and reading the environment `scripts/test` sets up.
 #![allow(dead_code)]
 
+pub mod build_log;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
