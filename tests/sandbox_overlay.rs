@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use imgbuild::digest::Digest;
 use imgbuild::layer::{Entry, EntryKind, FileSource};
 use imgbuild::snapshot::{
-    MountKind, OverlayMount, Snapshots, chain_id, diff_upper, diff_upper_ignoring,
+    Durability, MountKind, OverlayMount, Snapshots, chain_id, diff_upper, diff_upper_ignoring,
 };
 
 fn require_root() {
@@ -426,7 +426,7 @@ fn chain_id_follows_the_oci_rule() {
 #[test]
 fn snapshots_unpack_once_atomically_and_list_lowers() {
     let root = tempfile::tempdir().unwrap();
-    let snapshots = Snapshots::open(root.path()).unwrap();
+    let snapshots = Snapshots::open(root.path(), Durability::Synced).unwrap();
     let base = chain_id(None, &Digest::sha256_of(b"base"));
     let top = chain_id(Some(&base), &Digest::sha256_of(b"top"));
 
@@ -472,10 +472,54 @@ fn snapshots_unpack_once_atomically_and_list_lowers() {
 }
 
 #[test]
+fn unsynced_snapshots_are_trusted_in_their_boot_only() {
+    let root = tempfile::tempdir().unwrap();
+    let snapshots = Snapshots::open(root.path(), Durability::ThisBoot).unwrap();
+    let base = chain_id(None, &Digest::sha256_of(b"unsynced base"));
+    let mut unpacks = 0;
+    let mut ensure = |snapshots: &Snapshots| {
+        snapshots
+            .ensure(&base, None, |dir: &Path| {
+                unpacks += 1;
+                fs::write(dir.join("file"), format!("unpack {unpacks}"))
+            })
+            .unwrap()
+    };
+    let dir = ensure(&snapshots);
+    let snapshot_dir = dir.parent().unwrap().to_path_buf();
+    let this_boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(
+        fs::read_to_string(snapshot_dir.join("boot")).unwrap(),
+        this_boot.trim(),
+        "an unsynced snapshot records its boot"
+    );
+    assert_eq!(ensure(&snapshots), dir, "reused within the same boot");
+
+    // As after a reboot: the snapshot is not trusted, and is unpacked again.
+    fs::write(snapshot_dir.join("boot"), "an-earlier-boot").unwrap();
+    assert!(snapshots.get(&base).is_none());
+    let again = ensure(&snapshots);
+    assert_eq!(fs::read_to_string(again.join("file")).unwrap(), "unpack 2");
+    assert_eq!(
+        fs::read_to_string(snapshot_dir.join("boot")).unwrap(),
+        this_boot.trim()
+    );
+
+    // A synced snapshot carries no boot and is trusted in any boot.
+    let synced = Snapshots::open(root.path(), Durability::Synced).unwrap();
+    let other = chain_id(None, &Digest::sha256_of(b"synced base"));
+    let dir = synced
+        .ensure(&other, None, |dir: &Path| fs::write(dir.join("file"), "x"))
+        .unwrap();
+    assert!(!dir.parent().unwrap().join("boot").exists());
+    assert_eq!(synced.get(&other), Some(dir));
+}
+
+#[test]
 fn scratch_dirs_hold_an_overlay_and_are_removed_on_drop() {
     require_root();
     let root = tempfile::tempdir().unwrap();
-    let snapshots = Snapshots::open(root.path()).unwrap();
+    let snapshots = Snapshots::open(root.path(), Durability::Synced).unwrap();
     let base = chain_id(None, &Digest::sha256_of(b"base"));
     let lower = snapshots
         .ensure(&base, None, |dir: &Path| {

@@ -8,6 +8,7 @@ mod cache;
 pub mod chmod;
 mod copy;
 mod heredoc;
+mod pending;
 mod plan;
 pub mod platform;
 pub mod prune;
@@ -26,6 +27,7 @@ use crate::dockerfile::{self, Location};
 use crate::image::Descriptor;
 use crate::layer::Compression;
 use crate::reference::Reference;
+use crate::snapshot::Durability;
 use crate::store::{RefEntry, Store};
 
 pub use cache::CacheError;
@@ -354,7 +356,7 @@ pub fn unpack_image(store: &Store, manifest_digest: &Digest) -> Result<(), Build
             media_type: descriptor.media_type.clone(),
         })
         .collect();
-    rootfs::RootfsManager::new(store)?
+    rootfs::RootfsManager::new(store, Durability::Synced)?
         .snapshot_dirs(store, &layers)
         .map_err(BuildError::Snapshot)?;
     Ok(())

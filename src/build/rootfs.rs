@@ -1,6 +1,7 @@
 //! A stage's root file system, made visible for reading: each layer unpacked once into a
-//! snapshot (by chain id), then mounted as a read-only overlay. Used to answer "does this
-//! directory exist", to read /etc/passwd, and as the source of `COPY --from`.
+//! snapshot (by chain id), then mounted as a read-only overlay (no upper dir, so unmounting it
+//! flushes nothing). Used to answer "does this directory exist", to read /etc/passwd, and as
+//! the source of `COPY --from`.
 //! Lookups inside it never leave the root (openat2 RESOLVE_IN_ROOT).
 
 use std::io::Read;
@@ -11,7 +12,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::BuildError;
 use crate::layer::{self, LayerInfo, UnpackMode};
-use crate::snapshot::{self, OverlayMount, Snapshots};
+use crate::snapshot::{self, Durability, OverlayMount, Snapshots};
 use crate::store::Store;
 
 /// Largest file `read_in_root` reads (passwd/group files).
@@ -37,7 +38,8 @@ impl Rootfs {
 }
 
 impl RootfsManager {
-    pub fn new(store: &Store) -> Result<RootfsManager, BuildError> {
+    /// `durability`: how the snapshots this manager makes are kept (see [`Durability`]).
+    pub fn new(store: &Store, durability: Durability) -> Result<RootfsManager, BuildError> {
         let scratch = tempfile::Builder::new()
             .prefix("build-")
             .tempdir_in(store.tmp_dir())
@@ -46,7 +48,7 @@ impl RootfsManager {
                 source,
             })?;
         Ok(RootfsManager {
-            snapshots: Snapshots::open(&store.root().join("snapshots"))
+            snapshots: Snapshots::open(&store.root().join("snapshots"), durability)
                 .map_err(|e| BuildError::Snapshot(e.to_string()))?,
             scratch,
         })
@@ -68,12 +70,7 @@ impl RootfsManager {
             });
         }
         let lowers = self.snapshot_dirs(store, layers)?;
-        let upper = dirs.path().join("upper");
-        let work = dirs.path().join("work");
-        for dir in [&upper, &work] {
-            std::fs::create_dir(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
-        }
-        let mount = OverlayMount::mount(&lowers, &upper, &work, &target)
+        let mount = OverlayMount::mount_read_only(&lowers, &target)
             .map_err(|e| format!("cannot mount the image's file system: {e}"))?;
         Ok(Rootfs {
             path: target,

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::cache::{BuildCache, StepInputs};
 use super::copy::{self, CopyJob};
+use super::pending::PendingLayers;
 use super::plan::{Base, CopyFrom, Plan};
 use super::rootfs::{self, Rootfs};
 use super::run::{self, MountSpec, RunContext, RunStep};
@@ -24,6 +25,7 @@ use crate::image::{self, ContainerConfig, Healthcheck as HealthConfig, History, 
 use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
 use crate::reference::Reference;
 use crate::sandbox::{Network, Runtime};
+use crate::snapshot::Durability;
 use crate::store::Store;
 
 mod keys;
@@ -132,6 +134,10 @@ pub(crate) struct Executor<'a> {
     /// RUN, COPY, ADD or WORKDIR in its stage, or another stage built on or copying from it):
     /// then COPY/ADD layers are unpacked into their snapshot while they are written.
     mounted_later: bool,
+    /// The step being dispatched (its location and text), to name it in later errors.
+    current_step: Option<(Location, String)>,
+    /// Layers of the current stage whose blobs are still being compressed.
+    pending: PendingLayers,
     /// Records imported with `--cache-from`, and the record of every step used (`--cache-to`).
     pub(super) remote: Option<std::sync::Arc<super::registry_cache::RemoteCache>>,
 }
@@ -165,12 +171,15 @@ impl<'a> Executor<'a> {
             images: BTreeMap::new(),
             runtime: None,
             sandbox_runtime: None,
-            rootfs: rootfs::RootfsManager::new(store)?,
+            // Step snapshots are remade from their blobs after a reboot rather than synced per step.
+            rootfs: rootfs::RootfsManager::new(store, Durability::ThisBoot)?,
             time: build_epoch_seconds(opts),
             used_build_args,
             cache: BuildCache::open(store)?,
             stat_cache: None,
             mounted_later: true,
+            current_step: None,
+            pending: PendingLayers::default(),
             stage_keys: BTreeMap::new(),
             image_digests: BTreeMap::new(),
             settings: format!(
@@ -312,8 +321,46 @@ impl<'a> Executor<'a> {
                 });
             self.dispatch(&mut state, index, located)?;
         }
+        self.settle_pending(&mut state.image)?;
         self.stage_keys.insert(index, state.key.clone());
         Ok(state.image)
+    }
+
+    /// Waits for the blobs still being compressed for this stage, puts them into `image` and
+    /// saves the cache records that waited for them.
+    fn settle_pending(&mut self, image: &mut StageImage) -> Result<(), BuildError> {
+        let settled = self
+            .pending
+            .settle(&mut image.layers)
+            .map_err(|e| BuildError::step(&e.location, &e.instruction, e.message))?;
+        for (stage, record) in settled.records {
+            self.save_record(&record);
+            if let Some(remote) = &self.remote {
+                remote.note_used(stage, &record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a layer in the background when a later step will use this stage's file
+    /// system (that step can start meanwhile), else right away. `unpack_into`: as in
+    /// [`layer::write_layer_unpacking`].
+    fn write_step_layer(
+        &mut self,
+        entries: Vec<Entry>,
+        unpack_into: Option<&Path>,
+    ) -> Result<LayerInfo, String> {
+        let opts = self.layer_options();
+        if let (true, Some((location, text))) = (self.mounted_later, &self.current_step) {
+            let pending = layer::write_layer_deferred(self.store, entries, &opts, unpack_into)
+                .map_err(|e| e.to_string())?;
+            return Ok(self.pending.add(pending, location, text));
+        }
+        match unpack_into {
+            Some(dir) => layer::write_layer_unpacking(self.store, entries, &opts, dir),
+            None => layer::write_layer(self.store, entries, &opts),
+        }
+        .map_err(|e| e.to_string())
     }
 
     fn scratch_image(&self) -> StageImage {
@@ -449,6 +496,7 @@ impl<'a> Executor<'a> {
         located: &Located,
     ) -> Result<(), BuildError> {
         let history_before = state.image.config.history.len();
+        self.current_step = Some((located.location.clone(), located.source_text.clone()));
         self.dispatch_instruction(state, stage_index, located)?;
         match located.instruction {
             Instruction::Arg(_)
@@ -863,13 +911,7 @@ impl<'a> Executor<'a> {
         // A later step mounts this layer: unpack it while writing it, instead of reading and
         // decompressing the blob again when it is mounted.
         let snapshot = self.rootfs.unpack_dir()?;
-        let info = layer::write_layer_unpacking(
-            self.store,
-            entries,
-            &self.layer_options(),
-            snapshot.path(),
-        )
-        .map_err(|e| e.to_string())?;
+        let info = self.write_step_layer(entries, Some(snapshot.path()))?;
         drop(source_mount);
         drop(target);
         self.rootfs
@@ -944,8 +986,7 @@ impl<'a> Executor<'a> {
         if result.entries.is_empty() {
             return Ok(None);
         }
-        let info = layer::write_layer(self.store, result.entries, &self.layer_options())
-            .map_err(|e| e.to_string())?;
+        let info = self.write_step_layer(result.entries, None)?;
         self.rootfs
             .adopt_upper(&state.image.layers, &info, result.upper)?;
         Ok(Some(info))

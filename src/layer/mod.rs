@@ -20,7 +20,8 @@ pub use archive::{Compressed, decompress, detect_compression, open_archive};
 pub use entry::{Entry, EntryKind, FileSource};
 pub use unpack::{UnpackMode, UnpackStats, unpack};
 pub use write::{
-    LayerInfo, LayerOptions, write_layer, write_layer_unpacking, write_layer_with_threads,
+    LayerInfo, LayerOptions, PendingLayer, write_layer, write_layer_deferred,
+    write_layer_unpacking, write_layer_with_threads,
 };
 
 use crate::image::media_types;

@@ -1,6 +1,8 @@
 //! `write_layer`: turns layer entries into a deterministic tar, streamed through the diff_id
 //! hasher and a compressor straight into a store blob. File contents are streamed from disk,
-//! never held whole in memory.
+//! never held whole in memory. `write_layer_deferred` instead spools the tar to a temp file
+//! and compresses it on a background thread, so a build can go on to its next step (which
+//! needs only the unpacked files and the diff_id) while the blob is made.
 //!
 //! Determinism: entries are sorted component-wise by their tar path (parents before children,
 //! an opaque-dir marker first among its directory's children); duplicate paths keep the last
@@ -9,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender};
 
@@ -62,7 +64,7 @@ pub fn write_layer_with_threads(
     let compressor = Compressor::new(store, opts.compression, threads)?;
     let (compressor, diff_id) = write_tar(
         TeeWriter {
-            compressor,
+            sink: compressor,
             copies: None,
         },
         &entries,
@@ -84,25 +86,111 @@ pub fn write_layer_unpacking(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let entries = order_entries(entries)?;
     let compressor = Compressor::new(store, opts.compression, threads)?;
+    let (compressor, diff_id) =
+        write_tar_unpacking(compressor, &entries, opts.source_date_epoch, unpack_into)?;
+    commit(compressor, diff_id, opts)
+}
+
+/// A layer whose tar is written, hashed (and unpacked), while its blob is still being
+/// compressed on a background thread (see [`write_layer_deferred`]).
+#[derive(Debug)]
+pub struct PendingLayer {
+    /// sha256 of the uncompressed tar, known as soon as the tar is written.
+    pub diff_id: Digest,
+    worker: std::thread::JoinHandle<Result<LayerInfo, LayerError>>,
+}
+
+impl PendingLayer {
+    /// Waits for the blob; its `diff_id` is this layer's.
+    pub fn wait(self) -> Result<LayerInfo, LayerError> {
+        self.worker.join().unwrap_or_else(|_| {
+            Err(LayerError::WriteStream(io::Error::other(
+                "the thread compressing the layer panicked",
+            )))
+        })
+    }
+}
+
+/// `write_layer` (or `write_layer_unpacking` when `unpack_into` is given), except that the
+/// blob is compressed afterwards on a background thread: the tar goes to a temp file under the
+/// store while it is hashed (and unpacked), and this returns once the diff_id is known (and
+/// `unpack_into` complete). The blob's bytes are the same as `write_layer`'s. Dropping the
+/// result without `wait` lets the thread finish alone.
+pub fn write_layer_deferred(
+    store: &Store,
+    entries: Vec<Entry>,
+    opts: &LayerOptions,
+    unpack_into: Option<&Path>,
+) -> Result<PendingLayer, LayerError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let entries = order_entries(entries)?;
+    let tmp_dir = store.tmp_dir();
+    let spool = tempfile::tempfile_in(&tmp_dir).map_err(|source| {
+        LayerError::WriteStream(io::Error::new(
+            source.kind(),
+            format!("creating a temp file in {}: {source}", tmp_dir.display()),
+        ))
+    })?;
+    let spool = io::BufWriter::with_capacity(256 * 1024, spool);
+    let (spool, diff_id) = match unpack_into {
+        Some(dir) => write_tar_unpacking(spool, &entries, opts.source_date_epoch, dir)?,
+        None => write_tar(
+            TeeWriter {
+                sink: spool,
+                copies: None,
+            },
+            &entries,
+            opts.source_date_epoch,
+        )?,
+    };
+    let mut spool = spool.into_inner().map_err(|e| {
+        LayerError::WriteStream(io::Error::new(e.error().kind(), e.error().to_string()))
+    })?;
+    let mut compressor = Compressor::new(store, opts.compression, threads)?;
+    let opts = opts.clone();
+    let worker_diff_id = diff_id.clone();
+    let worker = std::thread::Builder::new()
+        .name("layer-compress".to_string())
+        .spawn(move || {
+            spool
+                .seek(io::SeekFrom::Start(0))
+                .and_then(|_| io::copy(&mut spool, &mut compressor))
+                .map_err(LayerError::WriteStream)?;
+            commit(compressor, worker_diff_id, &opts)
+        })
+        .map_err(LayerError::WriteStream)?;
+    Ok(PendingLayer { diff_id, worker })
+}
+
+/// Writes the tar of `entries` into `sink` while a second thread unpacks the same bytes (in
+/// overlay form) into the empty or missing directory `unpack_into`: the snapshot costs no
+/// second read of the data. Returns the sink and the tar's sha256. On error `unpack_into` may
+/// hold part of the layer; the caller discards it.
+fn write_tar_unpacking<W: Write>(
+    sink: W,
+    entries: &[Entry],
+    source_date_epoch: Option<u64>,
+    unpack_into: &Path,
+) -> Result<(W, Digest), LayerError> {
     std::thread::scope(|scope| {
         let (copies, received) = mpsc::sync_channel(TEE_CHUNKS);
         let unpacker = scope.spawn(move || {
             unpack_tar_stream(ChunkReader::new(received), unpack_into, UnpackMode::Overlay)
         });
         let tee = TeeWriter {
-            compressor,
+            sink,
             copies: Some(copies),
         };
         // The tee (and with it the channel) is gone once write_tar returns: the unpacker
         // then sees the end of the tar.
-        let written = write_tar(tee, &entries, opts.source_date_epoch);
+        let written = write_tar(tee, entries, source_date_epoch);
         let unpacked = unpacker.join().unwrap_or_else(|_| {
             Err(LayerError::WriteStream(io::Error::other(
                 "the thread unpacking the layer panicked",
             )))
         });
         match (written, unpacked) {
-            (Ok((compressor, diff_id)), Ok(_)) => commit(compressor, diff_id, opts),
+            (Ok(written), Ok(_)) => Ok(written),
             // A failed unpack stops the tee, so its error is the cause of any write error.
             (_, Err(unpack_error)) => Err(unpack_error),
             (Err(write_error), Ok(_)) => Err(write_error),
@@ -113,12 +201,12 @@ pub fn write_layer_unpacking(
 /// Bytes of tar in flight to the unpacking thread, in writes of up to 256 KiB (bounded memory).
 const TEE_CHUNKS: usize = 8;
 
-/// Writes the tar of `entries` into `sink`; returns the compressor and the tar's sha256.
-fn write_tar(
-    sink: TeeWriter,
+/// Writes the tar of `entries` into `sink`; returns the sink's writer and the tar's sha256.
+fn write_tar<W: Write>(
+    sink: TeeWriter<W>,
     entries: &[Entry],
     source_date_epoch: Option<u64>,
-) -> Result<(Compressor, Digest), LayerError> {
+) -> Result<(W, Digest), LayerError> {
     let mut tar = HashingWriter::new(
         io::BufWriter::with_capacity(256 * 1024, sink),
         Algorithm::Sha256,
@@ -132,7 +220,7 @@ fn write_tar(
     let tee = buffered.into_inner().map_err(|e| {
         LayerError::WriteStream(io::Error::new(e.error().kind(), e.error().to_string()))
     })?;
-    Ok((tee.compressor, diff_id))
+    Ok((tee.sink, diff_id))
 }
 
 /// Finishes the compressed stream and commits the blob.
@@ -151,15 +239,16 @@ fn commit(
     })
 }
 
-/// Passes the tar to the compressor and, when unpacking too, a copy to the unpacking thread.
-struct TeeWriter {
-    compressor: Compressor,
+/// Passes the tar to its sink (the compressor or a spool file) and, when unpacking too, a copy
+/// to the unpacking thread.
+struct TeeWriter<W: Write> {
+    sink: W,
     copies: Option<SyncSender<io::Result<Vec<u8>>>>,
 }
 
-impl Write for TeeWriter {
+impl<W: Write> Write for TeeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.compressor.write(buf)?;
+        let n = self.sink.write(buf)?;
         if let Some(copies) = &self.copies
             && copies.send(Ok(buf[..n].to_vec())).is_err()
         {
@@ -169,7 +258,7 @@ impl Write for TeeWriter {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.compressor.flush()
+        self.sink.flush()
     }
 }
 
@@ -647,7 +736,7 @@ mod tests {
         });
         let plain = write_layer(&store, entries.clone(), &gzip_opts()).unwrap();
         let teed_dir = dir.path().join("teed");
-        let teed = write_layer_unpacking(&store, entries, &gzip_opts(), &teed_dir).unwrap();
+        let teed = write_layer_unpacking(&store, entries.clone(), &gzip_opts(), &teed_dir).unwrap();
         assert_eq!(teed, plain);
 
         let unpacked_dir = dir.path().join("unpacked");
@@ -660,6 +749,30 @@ mod tests {
         let tree_teed = tree(&teed_dir);
         assert!(tree_teed.iter().any(|line| line.starts_with("usr/big ")));
         assert_eq!(tree_teed, tree(&unpacked_dir));
+
+        // Deferred: the diff_id right away, then the same blob, and the same tree.
+        let with = |compression| LayerOptions {
+            compression,
+            source_date_epoch: None,
+        };
+        for opts in [
+            gzip_opts(),
+            with(Compression::Zstd { level: 3 }),
+            with(Compression::Uncompressed),
+        ] {
+            let now = write_layer(&store, entries.clone(), &opts).unwrap();
+            let deferred_dir = dir.path().join(format!("deferred-{:?}", opts.compression));
+            let pending =
+                write_layer_deferred(&store, entries.clone(), &opts, Some(&deferred_dir)).unwrap();
+            assert_eq!(pending.diff_id, now.diff_id);
+            assert_eq!(tree(&deferred_dir), tree_teed);
+            assert_eq!(pending.wait().unwrap(), now);
+            let without_unpack =
+                write_layer_deferred(&store, entries.clone(), &opts, None).unwrap();
+            assert_eq!(without_unpack.wait().unwrap(), now);
+        }
+        let leftovers = std::fs::read_dir(store.tmp_dir()).unwrap().count();
+        assert_eq!(leftovers, 0, "spool files must not outlive their layers");
     }
 
     #[test]

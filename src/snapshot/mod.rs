@@ -16,4 +16,4 @@ pub use crate::image::chain_id;
 pub use diff::{DEFAULT_MOUNT_POINTS, diff_upper, diff_upper_ignoring};
 pub use error::SnapshotError;
 pub use overlay::{MountKind, OverlayMount, detach_all_mounts};
-pub use store::{ScratchDirs, Snapshots};
+pub use store::{Durability, ScratchDirs, Snapshots};

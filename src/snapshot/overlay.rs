@@ -6,6 +6,12 @@
 //! `index` are turned off so the upper dir always holds whole files and whole directories,
 //! which is what makes it a layer diff (see `diff.rs`).
 //!
+//! Overlays with an upper dir are mounted `volatile` (with the new mount API; skipped where the
+//! kernel does not know it): the
+//! upper dir is either thrown away or adopted as a snapshot, whose durability the snapshot
+//! store decides, so neither unmount nor the container's own fsyncs flush the file system.
+//! [`OverlayMount::mount_read_only`] has no upper dir at all, so unmounting it syncs nothing.
+//!
 //! Where overlayfs is unavailable (no `overlay` file system, or not permitted), the lowers are
 //! merged by copying into the target and the mount is of kind [`MountKind::Copy`]; on unmount
 //! the changes found by comparing stat data with the state after the copy are written into the
@@ -36,10 +42,11 @@ pub enum MountKind {
 #[derive(Debug)]
 pub struct OverlayMount {
     target: PathBuf,
-    upper: PathBuf,
+    /// None for a read-only view.
+    upper: Option<PathBuf>,
     kind: MountKind,
     mounted: bool,
-    /// The empty lower used when the caller gave none; removed after unmount.
+    /// The empty lower added when the caller gave too few; removed after unmount.
     _empty_lower: Option<tempfile::TempDir>,
     /// For [`MountKind::Copy`]: the stat data of the merged copy right after it was made.
     baseline: Option<Baseline>,
@@ -86,7 +93,16 @@ impl OverlayMount {
         work: &Path,
         target: &Path,
     ) -> Result<OverlayMount, SnapshotError> {
-        Self::mount_with(lowers, upper, work, target, false)
+        Self::mount_with(lowers, Some(Writable { upper, work }), target, false)
+    }
+
+    /// Mounts `lowers` (top-most first) read-only on `target`: no upper dir, nothing to sync
+    /// at unmount. With fewer than two lowers, an empty dir is added (overlayfs needs two).
+    pub fn mount_read_only(
+        lowers: &[PathBuf],
+        target: &Path,
+    ) -> Result<OverlayMount, SnapshotError> {
+        Self::mount_with(lowers, None, target, false)
     }
 
     /// Makes the merged view by copying, as where overlayfs is unavailable (slow; for tests and
@@ -97,33 +113,31 @@ impl OverlayMount {
         work: &Path,
         target: &Path,
     ) -> Result<OverlayMount, SnapshotError> {
-        Self::mount_with(lowers, upper, work, target, true)
+        Self::mount_with(lowers, Some(Writable { upper, work }), target, true)
     }
 
     fn mount_with(
         lowers: &[PathBuf],
-        upper: &Path,
-        work: &Path,
+        writable: Option<Writable<'_>>,
         target: &Path,
         force_copy: bool,
     ) -> Result<OverlayMount, SnapshotError> {
         let mut empty_lower = None;
-        let lowers: Vec<PathBuf> = if lowers.is_empty() {
+        let mut lowers = lowers.to_vec();
+        let lowers_needed = if writable.is_some() { 1 } else { 2 };
+        if lowers.len() < lowers_needed {
             let dir = tempfile::Builder::new()
                 .prefix("imgbuild-empty-lower-")
                 .tempdir()
                 .map_err(|e| {
                     SnapshotError::io("creating empty lower dir", std::env::temp_dir(), e)
                 })?;
-            let path = dir.path().to_path_buf();
+            lowers.push(dir.path().to_path_buf());
             empty_lower = Some(dir);
-            vec![path]
-        } else {
-            lowers.to_vec()
-        };
+        }
         let mut mount = OverlayMount {
             target: target.to_path_buf(),
-            upper: upper.to_path_buf(),
+            upper: writable.as_ref().map(|w| w.upper.to_path_buf()),
             kind: MountKind::Overlay,
             mounted: false,
             _empty_lower: empty_lower,
@@ -132,7 +146,7 @@ impl OverlayMount {
         let attempt = if force_copy {
             Err(OverlayAttempt::Unavailable("copy requested".to_string()))
         } else {
-            mount_overlay(&lowers, upper, work, target)
+            mount_overlay(&lowers, writable.as_ref(), target)
         };
         match attempt {
             Ok(()) => {}
@@ -165,9 +179,10 @@ impl OverlayMount {
         &self.target
     }
 
-    /// The upper dir holding the changes (complete only after unmount for [`MountKind::Copy`]).
-    pub fn upper(&self) -> &Path {
-        &self.upper
+    /// The upper dir holding the changes (complete only after unmount for [`MountKind::Copy`]);
+    /// None for a read-only mount.
+    pub fn upper(&self) -> Option<&Path> {
+        self.upper.as_deref()
     }
 
     pub fn kind(&self) -> MountKind {
@@ -191,11 +206,11 @@ impl OverlayMount {
                     target: self.target.clone(),
                     source: e.into(),
                 }),
-            MountKind::Copy => match self.baseline.take() {
-                Some(baseline) => {
-                    copy_fallback::move_changes_to_upper(&baseline, &self.target, &self.upper)
+            MountKind::Copy => match (self.baseline.take(), &self.upper) {
+                (Some(baseline), Some(upper)) => {
+                    copy_fallback::move_changes_to_upper(&baseline, &self.target, upper)
                 }
-                None => Ok(()),
+                _ => Ok(()),
             },
         }
     }
@@ -215,6 +230,13 @@ impl Drop for OverlayMount {
     }
 }
 
+/// The upper and work dirs of a writable overlay.
+#[derive(Debug)]
+struct Writable<'a> {
+    upper: &'a Path,
+    work: &'a Path,
+}
+
 /// Why the overlay could not be mounted: unavailable here (fall back) or a real error.
 enum OverlayAttempt {
     Unavailable(String),
@@ -223,8 +245,7 @@ enum OverlayAttempt {
 
 fn mount_overlay(
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    writable: Option<&Writable<'_>>,
     target: &Path,
 ) -> Result<(), OverlayAttempt> {
     let fs = match rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) {
@@ -237,7 +258,7 @@ fn mount_overlay(
         }
         // ENOSYS: no new mount API; try the classic mount(2).
         Err(e) if e == rustix::io::Errno::NOSYS => {
-            return mount_overlay_classic(lowers, upper, work, target);
+            return mount_overlay_classic(lowers, writable, target);
         }
         Err(e) => {
             return Err(OverlayAttempt::Failed(format!(
@@ -251,13 +272,19 @@ fn mount_overlay(
             if index == 0 && e == rustix::io::Errno::INVAL && fs_messages(&fs).contains("lowerdir+")
             {
                 // Kernel before 6.8: no `lowerdir+` key.
-                return mount_overlay_classic(lowers, upper, work, target);
+                return mount_overlay_classic(lowers, writable, target);
             }
             return Err(config_error(&fs, &format!("lower {}", lower.display()), e));
         }
     }
-    set_option(&fs, "upperdir", upper)?;
-    set_option(&fs, "workdir", work)?;
+    if let Some(writable) = writable {
+        set_option(&fs, "upperdir", writable.upper)?;
+        set_option(&fs, "workdir", writable.work)?;
+        // Kernels before 5.10 do not know `volatile`; they just sync as before.
+        if rustix::mount::fsconfig_set_flag(&fs, "volatile").is_err() {
+            let _ = fs_messages(&fs);
+        }
+    }
     for (key, value) in DIFF_FRIENDLY_OPTIONS {
         set_option(&fs, key, Path::new(value))?;
     }
@@ -307,8 +334,7 @@ fn fs_messages(fs: &OwnedFd) -> String {
 /// `mount(2)` with a `lowerdir=` option string; only for kernels without `lowerdir+`.
 fn mount_overlay_classic(
     lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
+    writable: Option<&Writable<'_>>,
     target: &Path,
 ) -> Result<(), OverlayAttempt> {
     let mut lower_list = Vec::with_capacity(lowers.len());
@@ -324,12 +350,14 @@ fn mount_overlay_classic(
             })?;
         lower_list.push(text);
     }
-    let mut options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_list.join(":"),
-        upper.display(),
-        work.display()
-    );
+    let mut options = format!("lowerdir={}", lower_list.join(":"));
+    if let Some(writable) = writable {
+        options.push_str(&format!(
+            ",upperdir={},workdir={}",
+            writable.upper.display(),
+            writable.work.display()
+        ));
+    }
     for (key, value) in DIFF_FRIENDLY_OPTIONS {
         options.push_str(&format!(",{key}={value}"));
     }

@@ -4,15 +4,23 @@
 //! ```text
 //! sha256/<hex>/fs       the unpacked layer (overlay form: whiteouts are 0/0 devices)
 //! sha256/<hex>/parent   the parent's chain id (absent for a base layer)
+//! sha256/<hex>/boot     the boot id it was made in, when it was not synced (see below)
 //! tmp/<random>/         unpacks in progress; renamed into place when complete
 //! run/<random>/{upper,work,merged}   scratch dirs of one RUN step ([`ScratchDirs`])
 //! ```
-//! A snapshot dir exists only when complete: it is unpacked and synced in `tmp/`, then renamed.
-//! When two unpacks race, the loser's rename fails and its copy is removed.
+//! A snapshot dir exists only when complete: it is unpacked in `tmp/`, then renamed. When two
+//! unpacks race, the loser's rename fails and its copy is removed.
+//!
+//! Durability ([`Durability`]): a snapshot is derived data (its layer blob is the durable
+//! copy), so a build does not pay a file-system sync per step. Such a snapshot records the
+//! boot it was made in and is trusted only within that boot: the page cache cannot lose it
+//! without a crash, and a crash means a new boot, after which the snapshot is discarded and
+//! unpacked again from its blob. Snapshots made by `pull` are synced and kept across boots.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use super::error::SnapshotError;
@@ -21,17 +29,43 @@ use crate::digest::Digest;
 /// Unpacks older than this in `tmp/` are left over from a crash and removed on open.
 const STALE_UNPACK_AGE: Duration = Duration::from_secs(3600);
 
+/// When a new snapshot is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced to disk before it is published; trusted across reboots.
+    Synced,
+    /// Left to the kernel's writeback; trusted only until the next boot (falls back to
+    /// `Synced` where the boot id cannot be read).
+    ThisBoot,
+}
+
 /// The snapshot dirs under one root.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     root: PathBuf,
+    durability: Durability,
+}
+
+/// The kernel's id of the current boot, read once; None where /proc does not provide it.
+fn current_boot_id() -> Option<&'static str> {
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty())
+        })
+        .as_deref()
 }
 
 impl Snapshots {
-    /// Opens (creating) the snapshot root and removes stale unpacks left by crashes.
-    pub fn open(root: &Path) -> Result<Snapshots, SnapshotError> {
+    /// Opens (creating) the snapshot root and removes stale unpacks left by crashes. New
+    /// snapshots are made with `durability`.
+    pub fn open(root: &Path, durability: Durability) -> Result<Snapshots, SnapshotError> {
         let snapshots = Snapshots {
             root: root.to_path_buf(),
+            durability,
         };
         let tmp = snapshots.tmp_dir();
         fs::create_dir_all(&tmp).map_err(|e| SnapshotError::io("creating dir", &tmp, e))?;
@@ -85,10 +119,30 @@ impl Snapshots {
             .join(chain_id.hex())
     }
 
-    /// The unpacked file system of snapshot `chain_id`, if it exists.
+    /// The unpacked file system of snapshot `chain_id`, if it exists and can be trusted.
     pub fn get(&self, chain_id: &Digest) -> Option<PathBuf> {
-        let fs_dir = self.snapshot_dir(chain_id).join("fs");
-        fs_dir.is_dir().then_some(fs_dir)
+        let dir = self.snapshot_dir(chain_id);
+        let fs_dir = dir.join("fs");
+        (fs_dir.is_dir() && made_in_a_trusted_boot(&dir)).then_some(fs_dir)
+    }
+
+    /// Moves an untrusted snapshot of `chain_id` (unsynced, from an earlier boot) out of the
+    /// way, so it can be made again. Losing a race to another process doing the same is fine.
+    fn discard_untrusted(&self, chain_id: &Digest) {
+        let dir = self.snapshot_dir(chain_id);
+        if !dir.join("fs").is_dir() || made_in_a_trusted_boot(&dir) {
+            return;
+        }
+        let Ok(graveyard) = tempfile::Builder::new()
+            .prefix("discarded-")
+            .tempdir_in(self.tmp_dir())
+        else {
+            return;
+        };
+        tracing::info!("snapshot {chain_id} was not synced before a reboot; unpacking it again");
+        if fs::rename(&dir, graveyard.path().join("snapshot")).is_err() {
+            tracing::debug!("snapshot {chain_id} was already moved away");
+        }
     }
 
     /// The file system dir of snapshot `chain_id`, calling `unpack` (with an empty dir to fill)
@@ -105,6 +159,7 @@ impl Snapshots {
         if let Some(existing) = self.get(chain_id) {
             return Ok(existing);
         }
+        self.discard_untrusted(chain_id);
         if let Some(parent) = parent
             && self.get(parent).is_none()
         {
@@ -133,11 +188,20 @@ impl Snapshots {
             file.write_all(parent.to_string().as_bytes())
                 .map_err(|e| SnapshotError::io("writing", &parent_file, e))?;
         }
-        // Make the content durable before the rename publishes it.
-        let dir = fs::File::open(staging.path())
-            .map_err(|e| SnapshotError::io("opening", staging.path(), e))?;
-        rustix::fs::syncfs(&dir)
-            .map_err(|e| SnapshotError::io("syncing file system of", staging.path(), e))?;
+        match (self.durability, current_boot_id()) {
+            (Durability::ThisBoot, Some(boot_id)) => {
+                let boot_file = staging.path().join("boot");
+                fs::write(&boot_file, boot_id)
+                    .map_err(|e| SnapshotError::io("writing", &boot_file, e))?;
+            }
+            _ => {
+                // Make the content durable before the rename publishes it.
+                let dir = fs::File::open(staging.path())
+                    .map_err(|e| SnapshotError::io("opening", staging.path(), e))?;
+                rustix::fs::syncfs(&dir)
+                    .map_err(|e| SnapshotError::io("syncing file system of", staging.path(), e))?;
+            }
+        }
         let final_dir = self.snapshot_dir(chain_id);
         let algorithm_dir = self.root.join(chain_id.algorithm().name());
         fs::create_dir_all(&algorithm_dir)
@@ -197,6 +261,16 @@ impl Snapshots {
             }
         }
         Ok(lowers)
+    }
+}
+
+/// Whether the snapshot in `dir` can be trusted: it was synced (no `boot` file), or it was
+/// made in the current boot.
+fn made_in_a_trusted_boot(dir: &Path) -> bool {
+    match fs::read_to_string(dir.join("boot")) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+        Ok(made_in) => current_boot_id() == Some(made_in.trim()),
     }
 }
 

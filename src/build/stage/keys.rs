@@ -67,8 +67,16 @@ impl Executor<'_> {
             created: created.clone(),
             inputs: inputs.into_values(),
         };
-        self.save_record(&record);
-        self.note_used(state, &record);
+        if layer
+            .as_ref()
+            .is_some_and(|layer| self.pending.is_placeholder(layer))
+        {
+            // Saved once the layer's blob exists (see `settle_pending`).
+            self.pending.defer_record(state.stage, record);
+        } else {
+            self.save_record(&record);
+            self.note_used(state, &record);
+        }
         self.remember_slot(&slot, &key);
         state.key = result_key(&key, layer.as_ref());
         Ok((layer, created))
@@ -433,7 +441,7 @@ impl Executor<'_> {
     }
 
     /// Writes a cache record; a failure only costs the next build a miss, so it is a warning.
-    fn save_record(&mut self, record: &StepRecord) {
+    pub(super) fn save_record(&mut self, record: &StepRecord) {
         if let Err(e) = self.cache.save(record) {
             let note = format!("warning: {e}");
             self.progress.event(BuildEvent::Note(&note));
