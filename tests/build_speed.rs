@@ -226,11 +226,49 @@ fn zstd_and_uncompressed_layers_have_their_media_types_and_decode() {
     // Docker loads and runs an image with uncompressed layers.
     assert_eq!(sha256_in_docker(&root, dir.path(), &plain_tag), expected);
 
-    let bad = fails(imgbuild(
-        &root,
-        &["build", "--compression", "brotli", ctx.to_str().unwrap()],
-    ));
-    assert!(bad.contains("--compression"), "{bad}");
+    // gzip levels: the same tar (diff_id), compressed faster or harder.
+    let mut gzipped = Vec::new();
+    for level in ["1", "9"] {
+        let tag = unique_name(&format!("speed-gzip{level}"));
+        ok(imgbuild(
+            &root,
+            &[
+                "build",
+                "-q",
+                "--compression",
+                &format!("gzip:{level}"),
+                "-t",
+                &tag,
+                ctx.to_str().unwrap(),
+            ],
+        ));
+        let (blob, media_type) = last_layer(&root, &tag);
+        assert_eq!(media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
+        let info = inspect(&root, &tag);
+        let diff_id = info["Config"]["rootfs"]["diff_ids"]
+            .as_array()
+            .and_then(|ids| ids.last())
+            .and_then(|id| id.as_str())
+            .expect("a diff_id")
+            .to_string();
+        gzipped.push((std::fs::metadata(&blob).unwrap().len(), diff_id));
+    }
+    assert_eq!(
+        gzipped[0].1, gzipped[1].1,
+        "both levels compress the same tar"
+    );
+    assert!(
+        gzipped[0].0 > gzipped[1].0,
+        "gzip:9 must be smaller than gzip:1: {gzipped:?}"
+    );
+
+    for bad_value in ["brotli", "gzip:12", "gzip:fast"] {
+        let bad = fails(imgbuild(
+            &root,
+            &["build", "--compression", bad_value, ctx.to_str().unwrap()],
+        ));
+        assert!(bad.contains("--compression"), "{bad_value}: {bad}");
+    }
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn docker_loads_and_runs_an_exported_image() {
     require_tool("docker", &["info"]);
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
-    let manifest = busybox_image(&store, Compression::Gzip);
+    let manifest = busybox_image(&store, Compression::DEFAULT_GZIP);
     let tag = format!("imgbuild-test/storage-load:{}", std::process::id());
     let archive_path = dir.path().join("image.tar");
     let file = std::fs::File::create(&archive_path).unwrap();

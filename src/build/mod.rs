@@ -87,7 +87,7 @@ impl BuildOptions {
             platform: None,
             pull: false,
             source_date_epoch: None,
-            compression: Compression::Gzip,
+            compression: Compression::DEFAULT_GZIP,
             network: None,
             secrets: BTreeMap::new(),
             runtime: None,

@@ -60,7 +60,8 @@ pub struct BuildArgs {
     /// Also export the image: `type=docker,dest=F.tar` or `type=oci,dest=F.tar`.
     #[arg(short = 'o', long = "output")]
     pub outputs: Vec<String>,
-    /// Layer compression: gzip, zstd[:LEVEL], or uncompressed.
+    /// Layer compression: gzip[:LEVEL] (0-9, default 5), zstd[:LEVEL] (default 3), or
+    /// uncompressed.
     #[arg(long, default_value = "gzip")]
     pub compression: String,
     /// Network for RUN steps: default (the host's), host, or none.
@@ -193,7 +194,7 @@ fn parse_key_values(
 
 pub(crate) fn parse_compression(text: &str) -> anyhow::Result<Compression> {
     Ok(match text.split_once(':') {
-        None if text == "gzip" => Compression::Gzip,
+        None if text == "gzip" => Compression::DEFAULT_GZIP,
         None if text == "uncompressed" => Compression::Uncompressed,
         None if text == "zstd" => Compression::Zstd { level: 3 },
         Some(("zstd", level)) => Compression::Zstd {
@@ -201,7 +202,16 @@ pub(crate) fn parse_compression(text: &str) -> anyhow::Result<Compression> {
                 .parse()
                 .with_context(|| format!("invalid --compression {text:?}: bad zstd level"))?,
         },
-        _ => bail!("invalid --compression {text:?}: expected gzip, zstd[:LEVEL] or uncompressed"),
+        Some(("gzip", level)) => Compression::Gzip {
+            level: level
+                .parse()
+                .ok()
+                .filter(|level| *level <= 9)
+                .with_context(|| format!("invalid --compression {text:?}: gzip levels are 0-9"))?,
+        },
+        _ => bail!(
+            "invalid --compression {text:?}: expected gzip[:LEVEL], zstd[:LEVEL] or uncompressed"
+        ),
     })
 }
 

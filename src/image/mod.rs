@@ -179,7 +179,7 @@ mod tests {
             xattrs: Vec::new(),
         };
         let opts = LayerOptions {
-            compression: Compression::Gzip,
+            compression: Compression::DEFAULT_GZIP,
             source_date_epoch: Some(0),
         };
         let layer = write_layer(store, vec![entry], &opts).unwrap();

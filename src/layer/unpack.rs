@@ -845,7 +845,7 @@ mod tests {
             },
         ];
         for compression in [
-            Compression::Gzip,
+            Compression::DEFAULT_GZIP,
             Compression::Zstd { level: 1 },
             Compression::Uncompressed,
         ] {
@@ -990,7 +990,7 @@ mod tests {
         };
         layer_into(
             vec![sneaky],
-            Compression::Gzip,
+            Compression::DEFAULT_GZIP,
             dest.path(),
             UnpackMode::Overlay,
         );
@@ -1053,7 +1053,12 @@ mod tests {
             file("b/z", b"z"),
             file("keep", b"keep"),
         ];
-        layer_into(lower, Compression::Gzip, dest.path(), UnpackMode::Flatten);
+        layer_into(
+            lower,
+            Compression::DEFAULT_GZIP,
+            dest.path(),
+            UnpackMode::Flatten,
+        );
         let upper = vec![
             node("a", EntryKind::OpaqueDir, 0o755),
             node("a", EntryKind::Dir, 0o755),
@@ -1061,7 +1066,12 @@ mod tests {
             file("a/sub/new", b"new"),
             node("b", EntryKind::Whiteout, 0),
         ];
-        let stats = layer_into(upper, Compression::Gzip, dest.path(), UnpackMode::Flatten);
+        let stats = layer_into(
+            upper,
+            Compression::DEFAULT_GZIP,
+            dest.path(),
+            UnpackMode::Flatten,
+        );
         assert_eq!(stats.whiteouts, 2);
         assert!(!dest.path().join("b").exists());
         assert!(!dest.path().join("a/x").exists());
@@ -1093,7 +1103,12 @@ mod tests {
             node("a", EntryKind::Dir, 0o755),
             node("gone", EntryKind::Whiteout, 0),
         ];
-        let stats = layer_into(upper, Compression::Gzip, dest.path(), UnpackMode::Overlay);
+        let stats = layer_into(
+            upper,
+            Compression::DEFAULT_GZIP,
+            dest.path(),
+            UnpackMode::Overlay,
+        );
         assert_eq!(stats.whiteouts, 2);
         let gone = std::fs::symlink_metadata(dest.path().join("gone")).unwrap();
         assert!(gone.file_type().is_char_device());
@@ -1163,7 +1178,12 @@ mod tests {
                 entries.push(file(&format!("d{dir}/f{index}"), &content));
             }
         }
-        let stats = layer_into(entries, Compression::Gzip, dest.path(), UnpackMode::Flatten);
+        let stats = layer_into(
+            entries,
+            Compression::DEFAULT_GZIP,
+            dest.path(),
+            UnpackMode::Flatten,
+        );
         assert_eq!(stats.entries, 5 + 5 * 60);
         for dir in 0..5 {
             for index in 0..60 {

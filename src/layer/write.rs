@@ -274,9 +274,9 @@ impl Compressor {
     fn new(store: &Store, compression: Compression, threads: usize) -> Result<Self, LayerError> {
         let blob = store.blob_writer()?;
         Ok(match compression {
-            Compression::Gzip => Compressor::Gzip(ParallelGzipWriter::new(
+            Compression::Gzip { level } => Compressor::Gzip(ParallelGzipWriter::new(
                 blob,
-                flate2::Compression::default(),
+                flate2::Compression::new(level.min(9)),
                 threads,
             )),
             Compression::Zstd { level } => {
@@ -647,7 +647,7 @@ mod tests {
 
     fn gzip_opts() -> LayerOptions {
         LayerOptions {
-            compression: Compression::Gzip,
+            compression: Compression::DEFAULT_GZIP,
             source_date_epoch: None,
         }
     }
