@@ -44,6 +44,33 @@ pub(crate) struct CopyJob<'a> {
     pub runtime: Option<&'a tokio::runtime::Runtime>,
     /// URLs already downloaded (to key the build cache), by URL.
     pub downloads: &'a BTreeMap<String, Downloaded>,
+    /// A COPY's sources as already planned with [`plan_local`] (to key the cache).
+    pub planned: Option<CopyPlan>,
+}
+
+/// Where a COPY/ADD with `source_count` sources (heredocs included) puts its local sources:
+/// `dest` itself, or `dest/` when it must be a directory.
+fn local_dest(dest: &str, source_count: usize) -> String {
+    if source_count > 1 && !dest.ends_with('/') {
+        format!("{dest}/")
+    } else {
+        dest.to_string()
+    }
+}
+
+/// Plans the `local` sources of a COPY/ADD with `source_count` sources in all (URLs and
+/// heredocs included) from `root`, as the step itself does, so the plan made to key the cache
+/// can be handed to the step.
+pub(crate) fn plan_local(
+    root: &Path,
+    local: &[String],
+    source_count: usize,
+    dest: &str,
+    workdir: &str,
+    options: &CopyOptions,
+) -> Result<CopyPlan, context::ContextError> {
+    let dest = local_dest(dest, source_count);
+    context::plan_copy_full(root, local, &dest, workdir, options)
 }
 
 /// An ADD URL fetched into a scratch file.
@@ -84,7 +111,7 @@ pub(crate) fn is_url(source: &str) -> bool {
 
 /// The layer entries of a COPY/ADD, plus a scratch directory (downloads, extracted archives)
 /// that must outlive the layer write.
-pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir), String> {
+pub(crate) fn entries(mut job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir), String> {
     let scratch = tempfile::Builder::new()
         .prefix("copy-")
         .tempdir_in(job.store.tmp_dir())
@@ -133,12 +160,16 @@ pub(crate) fn entries(job: CopyJob<'_>) -> Result<(Vec<Entry>, tempfile::TempDir
         }
     }
     if !local_sources.is_empty() {
-        let dest = if dest_is_dir && !job.dest.ends_with('/') {
-            format!("{}/", job.dest)
-        } else {
-            job.dest.to_string()
+        let planned = match job.planned.take() {
+            // Planned from exactly these sources when the cache was keyed.
+            Some(planned) if !job.is_add => planned,
+            _ => plan(
+                &job,
+                &local_sources,
+                &local_dest(job.dest, source_count),
+                job.parents,
+            )?,
         };
-        let planned = plan(&job, &local_sources, &dest, job.parents)?;
         add_items(&job, &planned.items, job.preserve_owner, &mut entries)?;
         fresh_dirs = planned.fresh_dirs;
     }

@@ -819,6 +819,7 @@ impl<'a> Executor<'a> {
             chown,
             downloads: BTreeMap::new(),
             download_dir: None,
+            planned: std::cell::Cell::new(None),
         })
     }
 
@@ -839,6 +840,7 @@ impl<'a> Executor<'a> {
             chown,
             downloads,
             download_dir: _,
+            planned,
         } = expanded;
         let chmod = chmod_text
             .as_deref()
@@ -902,6 +904,7 @@ impl<'a> Executor<'a> {
             store: self.store,
             runtime: self.runtime.as_ref(),
             downloads,
+            planned: planned.take(),
         };
         let (entries, _scratch) = copy::entries(job)?;
         if !self.mounted_later {
@@ -1028,6 +1031,9 @@ struct ExpandedCopy {
     downloads: BTreeMap<String, copy::Downloaded>,
     /// Where those downloads live until the step is done.
     download_dir: Option<tempfile::TempDir>,
+    /// The context files a COPY selects, as planned to key the cache (reused by the step on a
+    /// miss, so the context is walked once).
+    planned: std::cell::Cell<Option<crate::context::CopyPlan>>,
 }
 
 /// Parses an ONBUILD trigger (one instruction) as if it stood at `location`.

@@ -233,10 +233,17 @@ impl Executor<'_> {
             parents: instr.parents,
         };
         let context_dir = self.opts.context.clone();
-        let Ok(items) = context::plan_copy(&context_dir, &local, "/", "/", &options) else {
+        let Ok(planned) = copy::plan_local(
+            &context_dir,
+            &local,
+            expanded.sources.len() + expanded.heredocs.len(),
+            &expanded.dest,
+            &state.workdir(),
+            &options,
+        ) else {
             return Ok(None);
         };
-        for item in &items {
+        for item in &planned.items {
             let relative = item
                 .host_path
                 .strip_prefix(&context_dir)
@@ -249,6 +256,7 @@ impl Executor<'_> {
                 format!("{} {identity}", item.image_path),
             );
         }
+        expanded.planned.set(Some(planned));
         Ok(Some(inputs))
     }
 
