@@ -61,7 +61,7 @@ pub fn write_layer_with_threads(
     threads: usize,
 ) -> Result<LayerInfo, LayerError> {
     let entries = order_entries(entries)?;
-    let compressor = Compressor::new(store, opts.compression, threads)?;
+    let compressor = Compressor::new(store.blob_writer()?, opts.compression, threads)?;
     let (compressor, diff_id) = write_tar(
         TeeWriter {
             sink: compressor,
@@ -85,7 +85,7 @@ pub fn write_layer_unpacking(
 ) -> Result<LayerInfo, LayerError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let entries = order_entries(entries)?;
-    let compressor = Compressor::new(store, opts.compression, threads)?;
+    let compressor = Compressor::new(store.blob_writer()?, opts.compression, threads)?;
     let (compressor, diff_id) =
         write_tar_unpacking(compressor, &entries, opts.source_date_epoch, unpack_into)?;
     commit(compressor, diff_id, opts)
@@ -122,7 +122,8 @@ pub fn write_layer_deferred(
     opts: &LayerOptions,
     unpack_into: Option<&Path>,
 ) -> Result<PendingLayer, LayerError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One core is left to the step that runs meanwhile (a RUN is often single-threaded).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1));
     let entries = order_entries(entries)?;
     let tmp_dir = store.tmp_dir();
     let spool = tempfile::tempfile_in(&tmp_dir).map_err(|source| {
@@ -146,12 +147,13 @@ pub fn write_layer_deferred(
     let mut spool = spool.into_inner().map_err(|e| {
         LayerError::WriteStream(io::Error::new(e.error().kind(), e.error().to_string()))
     })?;
-    let mut compressor = Compressor::new(store, opts.compression, threads)?;
+    let blob = store.blob_writer()?;
     let opts = opts.clone();
     let worker_diff_id = diff_id.clone();
     let worker = std::thread::Builder::new()
         .name("layer-compress".to_string())
         .spawn(move || {
+            let mut compressor = Compressor::new(blob, opts.compression, threads)?;
             spool
                 .seek(io::SeekFrom::Start(0))
                 .and_then(|_| io::copy(&mut spool, &mut compressor))
@@ -270,9 +272,8 @@ enum Compressor {
 }
 
 impl Compressor {
-    /// A compressor into a new blob of `store`.
-    fn new(store: &Store, compression: Compression, threads: usize) -> Result<Self, LayerError> {
-        let blob = store.blob_writer()?;
+    /// A compressor into `blob` on `threads` threads.
+    fn new(blob: BlobWriter, compression: Compression, threads: usize) -> Result<Self, LayerError> {
         Ok(match compression {
             Compression::Gzip { level } => Compressor::Gzip(ParallelGzipWriter::new(
                 blob,
