@@ -108,6 +108,8 @@ impl Unpacker {
             dir_times: Vec::new(),
             stats: UnpackStats::default(),
             parent_cache: None,
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
         })
     }
 }
@@ -207,7 +209,48 @@ struct Unpacker {
     /// the same directory. An entry only ever changes its own path, never its parent's, so the
     /// fd stays valid for the next entry with the same parent; whiteouts and opaque markers
     /// (which delete other paths) drop it.
-    parent_cache: Option<(PathBuf, OwnedFd)>,
+    /// Whether new files in that directory get exactly the owner and mode they are created
+    /// with (see [`creates_plainly`]).
+    parent_cache: Option<(PathBuf, OwnedFd, bool)>,
+    euid: u32,
+    egid: u32,
+}
+
+/// Which metadata `set_fd_meta` still has to apply (a new file may already have it).
+struct MetaToApply {
+    owner: bool,
+    mode: bool,
+    mtime: bool,
+}
+
+/// The process umask, read once (None where /proc does not show it).
+fn process_umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let value = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Umask:"))?;
+        u32::from_str_radix(value.trim(), 8).ok()
+    })
+}
+
+/// Whether files created in directory `dir` get our group and the mode asked for (less the
+/// umask): not so in a setgid directory (its group) or one with a default ACL (its mask).
+fn creates_plainly(dir: &OwnedFd) -> bool {
+    let setgid = rustix::fs::fstat(dir).map_or(true, |st| st.st_mode & 0o2000 != 0);
+    let mut no_value: [u8; 0] = [];
+    let default_acl = match rustix::fs::fgetxattr(dir, "system.posix_acl_default", &mut no_value) {
+        Err(Errno::NODATA | Errno::NOTSUP) => false,
+        Ok(_) | Err(_) => true,
+    };
+    !setgid && !default_acl
+}
+
+/// Whether a file created with `mode` gets exactly that mode (no special bits, which open(2)
+/// may drop, and nothing the umask removes): then no fchmod is needed.
+fn created_with_exact_mode(mode: u32) -> bool {
+    mode & 0o7000 == 0 && process_umask().is_some_and(|umask| mode & umask == 0)
 }
 
 /// Splits a tar path into normalized components: leading `/` and `.` dropped, `..` rejected.
@@ -330,7 +373,7 @@ impl Unpacker {
 
         // Reused only for the same parent; dropped for anything else (see `parent_cache`).
         let cached_parent = match self.parent_cache.take() {
-            Some((cached, fd)) if cached == parent => Some(fd),
+            Some((cached, fd, setgid)) if cached == parent => Some((fd, setgid)),
             _ => None,
         };
         if name == OPAQUE_MARKER {
@@ -347,9 +390,13 @@ impl Unpacker {
         }
 
         let meta = self.meta(&mut entry, &display)?;
-        let parent_fd = match cached_parent {
-            Some(fd) => fd,
-            None => self.ensure_dir(&parent)?,
+        let (parent_fd, parent_is_plain) = match cached_parent {
+            Some(cached) => cached,
+            None => {
+                let fd = self.ensure_dir(&parent)?;
+                let plain = creates_plainly(&fd);
+                (fd, plain)
+            }
         };
         let name = OsStr::from_bytes(name);
         match entry_type {
@@ -370,10 +417,21 @@ impl Unpacker {
                     Mode::empty(),
                 )
                 .map_err(|e| self.err(&path, e))?;
-                self.set_fd_meta(&fd, &path, &meta, false)?;
+                let apply = MetaToApply {
+                    owner: true,
+                    mode: true,
+                    mtime: false,
+                };
+                self.set_fd_meta(&fd, &path, &meta, apply)?;
                 self.dir_times.push((path.clone(), meta.mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                // Most files can be created with their final mode and owner, sparing a
+                // fchmod and a fchown each.
+                let exact_mode = parent_is_plain && created_with_exact_mode(meta.mode);
+                let create_mode = if exact_mode { meta.mode } else { 0o600 };
+                let owner_is_ours =
+                    parent_is_plain && meta.uid == self.euid && meta.gid == self.egid;
                 let create = || {
                     rustix::fs::openat(
                         &parent_fd,
@@ -383,7 +441,7 @@ impl Unpacker {
                             | OFlags::WRONLY
                             | OFlags::NOFOLLOW
                             | OFlags::CLOEXEC,
-                        Mode::from_raw_mode(0o600),
+                        Mode::from_raw_mode(create_mode),
                     )
                 };
                 // Usually nothing is there yet: try first, replace only what exists.
@@ -405,7 +463,12 @@ impl Unpacker {
                     )
                 })?;
                 self.stats.bytes += copied;
-                self.set_fd_meta(&file, &path, &meta, true)?;
+                let apply = MetaToApply {
+                    owner: !owner_is_ours,
+                    mode: !exact_mode,
+                    mtime: true,
+                };
+                self.set_fd_meta(&file, &path, &meta, apply)?;
             }
             tar::EntryType::Link => {
                 let target_raw = entry
@@ -479,7 +542,7 @@ impl Unpacker {
         }
         self.created.insert(path);
         self.stats.entries += 1;
-        self.parent_cache = Some((parent, parent_fd));
+        self.parent_cache = Some((parent, parent_fd, parent_is_plain));
         Ok(())
     }
 
@@ -526,15 +589,15 @@ impl Unpacker {
         Ok(meta)
     }
 
-    /// Applies ownership, mode, xattrs and (unless a directory) mtime through an open fd.
+    /// Applies what `apply` asks of ownership, mode and mtime, and the xattrs, through an fd.
     fn set_fd_meta(
         &self,
         fd: &impl AsFd,
         path: &Path,
         meta: &Meta,
-        set_mtime: bool,
+        apply: MetaToApply,
     ) -> Result<(), LayerError> {
-        if self.is_root {
+        if self.is_root && apply.owner {
             rustix::fs::fchown(
                 fd,
                 Some(rustix::fs::Uid::from_raw(meta.uid)),
@@ -543,7 +606,10 @@ impl Unpacker {
             .map_err(|e| self.err(path, e))?;
         }
         // After chown, which clears setuid/setgid bits.
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| self.err(path, e))?;
+        if apply.mode {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+                .map_err(|e| self.err(path, e))?;
+        }
         for (key, value) in &meta.xattrs {
             if key.starts_with("trusted.overlay.") {
                 tracing::warn!(path = %path.display(), key, "ignoring overlayfs xattr from a layer");
@@ -557,7 +623,7 @@ impl Unpacker {
                 Err(e) => return Err(self.err(path, e)),
             }
         }
-        if set_mtime {
+        if apply.mtime {
             rustix::fs::futimens(fd, &timestamps(meta.mtime)).map_err(|e| self.err(path, e))?;
         }
         Ok(())
@@ -893,6 +959,62 @@ mod tests {
             let n =
                 rustix::fs::getxattr(etc.join("xattr").as_path(), "user.note", &mut value).unwrap();
             assert_eq!(&value[..n], b"hello");
+        }
+    }
+
+    #[test]
+    fn files_get_their_own_mode_and_owner_whatever_the_umask_or_a_setgid_parent() {
+        let dest = tempfile::tempdir().unwrap();
+        let shared = Entry {
+            gid: 4321,
+            ..node("shared", EntryKind::Dir, 0o2775)
+        };
+        let entries = vec![
+            shared,
+            // 0o666 and 0o777 lose bits to the usual umask (022) when created.
+            Entry {
+                mode: 0o666,
+                ..file("shared/world-writable", b"w")
+            },
+            Entry {
+                mode: 0o777,
+                ..file("plain/all", b"a")
+            },
+            Entry {
+                mode: 0o640,
+                uid: 7,
+                gid: 8,
+                ..file("plain/owned", b"o")
+            },
+            file("plain/usual", b"u"),
+        ];
+        let dest = dest.path().join("out");
+        layer_into(
+            entries,
+            Compression::DEFAULT_GZIP,
+            &dest,
+            UnpackMode::Overlay,
+        );
+        let meta = |path: &str| std::fs::metadata(dest.join(path)).unwrap();
+        assert_eq!(meta("shared").mode() & 0o7777, 0o2775);
+        assert_eq!(meta("shared/world-writable").mode() & 0o7777, 0o666);
+        assert_eq!(meta("plain/all").mode() & 0o7777, 0o777);
+        assert_eq!(meta("plain/owned").mode() & 0o7777, 0o640);
+        assert_eq!(meta("plain/usual").mode() & 0o7777, 0o644);
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(
+                meta("shared/world-writable").gid(),
+                0,
+                "the layer's group, not the setgid parent's"
+            );
+            assert_eq!(
+                (meta("plain/owned").uid(), meta("plain/owned").gid()),
+                (7, 8)
+            );
+            assert_eq!(
+                (meta("plain/usual").uid(), meta("plain/usual").gid()),
+                (0, 0)
+            );
         }
     }
 
