@@ -213,8 +213,10 @@ fn write_tar<W: Write>(
         io::BufWriter::with_capacity(256 * 1024, sink),
         Algorithm::Sha256,
     );
+    // One copy buffer for every file of the layer.
+    let mut copy_buf = vec![0u8; COPY_BUFFER];
     for entry in entries {
-        write_entry(&mut tar, entry, source_date_epoch)?;
+        write_entry(&mut tar, entry, source_date_epoch, &mut copy_buf)?;
     }
     tar.write_all(&[0u8; 2 * tar_header::BLOCK])
         .map_err(LayerError::WriteStream)?;
@@ -461,11 +463,15 @@ fn relink_hardlinks(entries: &mut [Entry]) -> Result<(), LayerError> {
     Ok(())
 }
 
-/// Writes one entry's header(s) and data.
+/// Bytes read from a source file at a time.
+const COPY_BUFFER: usize = 128 * 1024;
+
+/// Writes one entry's header(s) and data, reading files through `copy_buf`.
 fn write_entry(
     out: &mut impl Write,
     entry: &Entry,
     source_date_epoch: Option<u64>,
+    copy_buf: &mut [u8],
 ) -> Result<(), LayerError> {
     let mtime = match source_date_epoch {
         Some(epoch) => entry.mtime.min(epoch),
@@ -521,7 +527,7 @@ fn write_entry(
                 };
                 let file = File::open(path).map_err(read_err)?;
                 let mut limited = file.take(*size);
-                let copied = copy_to_writer(&mut limited, out, path)?;
+                let copied = copy_to_writer(&mut limited, out, path, copy_buf)?;
                 let mut probe = [0u8; 1];
                 let grew = limited.into_inner().read(&mut probe).map_err(read_err)? > 0;
                 if copied != *size || grew {
@@ -540,16 +546,17 @@ fn write_entry(
     Ok(())
 }
 
-/// Copies, telling read errors (the source file) from write errors (the layer stream) apart.
+/// Copies through `buf`, telling read errors (the source file) from write errors (the layer
+/// stream) apart.
 fn copy_to_writer(
     reader: &mut impl Read,
     out: &mut impl Write,
     path: &std::path::Path,
+    buf: &mut [u8],
 ) -> Result<u64, LayerError> {
-    let mut buf = vec![0u8; 128 * 1024];
     let mut total = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
+        let n = match reader.read(buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
