@@ -136,6 +136,80 @@ fn changing_one_file_redoes_only_its_copy_and_later_steps() {
 }
 
 #[test]
+fn a_changed_copy_links_its_unchanged_files_from_the_previous_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let ctx = dir.path().join("ctx");
+    write_files(
+        &ctx,
+        &[
+            // WORKDIR after the COPY mounts its file system, so the COPY is unpacked.
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY src/ /src/\nWORKDIR /src\n",
+            ),
+            ("src/same.txt", "same\n"),
+            ("src/deep/changed.txt", "before\n"),
+            ("src/touched.txt", "touched\n"),
+        ],
+    );
+    settle();
+    build(&root, &ctx, &[]);
+    std::fs::write(ctx.join("src/deep/changed.txt"), "after\n").unwrap();
+    // Same content, another mtime: the file in the layer differs, so it is not linked.
+    run(
+        "touch",
+        &[
+            "-d",
+            "@1500000000",
+            ctx.join("src/touched.txt").to_str().unwrap(),
+        ],
+    );
+    settle();
+    let second = build(&root, &ctx, &[]);
+    assert!(!second.cached("COPY src/ /src/"), "{}", second.log);
+
+    let snapshots: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("snapshots/sha256"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("fs/src"))
+        .filter(|src| src.is_dir())
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let is_new = |src: &std::path::PathBuf| {
+        std::fs::read_to_string(src.join("deep/changed.txt")).unwrap() == "after\n"
+    };
+    let new = snapshots
+        .iter()
+        .find(|src| is_new(src))
+        .expect("the new snapshot");
+    let old = snapshots
+        .iter()
+        .find(|src| !is_new(src))
+        .expect("the old snapshot");
+    let meta = |src: &std::path::PathBuf, name: &str| std::fs::metadata(src.join(name)).unwrap();
+    assert_eq!(
+        meta(new, "same.txt").ino(),
+        meta(old, "same.txt").ino(),
+        "an unchanged file is linked"
+    );
+    assert_eq!(meta(new, "same.txt").nlink(), 2);
+    assert_ne!(
+        meta(new, "deep/changed.txt").ino(),
+        meta(old, "deep/changed.txt").ino()
+    );
+    assert_ne!(
+        meta(new, "touched.txt").ino(),
+        meta(old, "touched.txt").ino()
+    );
+    assert_eq!(meta(new, "touched.txt").mtime(), 1_500_000_000);
+    assert_eq!(
+        std::fs::read_to_string(new.join("touched.txt")).unwrap(),
+        "touched\n"
+    );
+}
+
+#[test]
 fn no_cache_rebuilds_every_step_and_still_records() {
     let dir = temp_dir();
     let root = dir.path().join("root");

@@ -8,7 +8,7 @@
 //! can be explained by diffing them against the previous build of the same Dockerfile step,
 //! whose key `<root>/cache/slots/<slot hex>` remembers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -80,6 +80,11 @@ impl StepInputs {
             n += 1;
         }
         self.values.insert(candidate, value);
+    }
+
+    /// Whether these are the inputs of a step that reads context files.
+    pub fn has_files(&self) -> bool {
+        self.values.keys().any(|name| name.starts_with("file:"))
     }
 
     /// The inputs by name (kept in records, to explain later misses).
@@ -247,6 +252,24 @@ impl BuildCache {
         let key = Digest::parse(&format!("sha256:{}", hex.trim())).ok()?;
         self.read_record(&key)
     }
+}
+
+/// The files (image paths without the leading `/`) that a COPY/ADD keyed by `inputs` reads
+/// exactly as its previous build did: same source path, image path, mode and content digest.
+pub(crate) fn unchanged_files(previous: &StepRecord, inputs: &StepInputs) -> HashSet<String> {
+    inputs
+        .values
+        .iter()
+        .filter(|(name, value)| {
+            name.starts_with("file:") && previous.inputs.get(name.as_str()) == Some(value)
+        })
+        .filter_map(|(_, value)| {
+            let (image_path, identity) = value.split_once(' ')?;
+            identity
+                .starts_with("file ")
+                .then(|| image_path.trim_start_matches('/').to_string())
+        })
+        .collect()
 }
 
 /// Says why `inputs` missed, given the record of the step's previous build.

@@ -112,6 +112,11 @@ impl RootfsManager {
 }
 
 impl RootfsManager {
+    /// The file system dir of snapshot `chain_id`, if it exists and can be trusted.
+    pub fn snapshot(&self, chain_id: &crate::digest::Digest) -> Option<PathBuf> {
+        self.snapshots.get(chain_id)
+    }
+
     /// An empty directory to unpack a new layer into, on the file system of the snapshots, for
     /// `adopt_upper` once the layer is written.
     pub fn unpack_dir(&self) -> Result<tempfile::TempDir, String> {

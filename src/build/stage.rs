@@ -22,7 +22,7 @@ use crate::dockerfile::{
     Lexer, Located, Location, RunInstr,
 };
 use crate::image::{self, ContainerConfig, Healthcheck as HealthConfig, History, ImageConfig};
-use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions};
+use crate::layer::{self, Entry, EntryKind, LayerInfo, LayerOptions, ReusableFiles};
 use crate::reference::Reference;
 use crate::sandbox::{Network, Runtime};
 use crate::snapshot::Durability;
@@ -138,6 +138,8 @@ pub(crate) struct Executor<'a> {
     current_step: Option<(Location, String)>,
     /// Layers of the current stage whose blobs are still being compressed.
     pending: PendingLayers,
+    /// For the COPY/ADD being run: files its previous build's snapshot has unchanged.
+    reusable: Option<ReusableFiles>,
     /// Records imported with `--cache-from`, and the record of every step used (`--cache-to`).
     pub(super) remote: Option<std::sync::Arc<super::registry_cache::RemoteCache>>,
 }
@@ -180,6 +182,7 @@ impl<'a> Executor<'a> {
             mounted_later: true,
             current_step: None,
             pending: PendingLayers::default(),
+            reusable: None,
             stage_keys: BTreeMap::new(),
             image_digests: BTreeMap::new(),
             settings: format!(
@@ -344,16 +347,18 @@ impl<'a> Executor<'a> {
 
     /// Writes a layer in the background when a later step will use this stage's file
     /// system (that step can start meanwhile), else right away. `unpack_into`: as in
-    /// [`layer::write_layer_unpacking`].
+    /// [`layer::write_layer_unpacking`], linking the step's reusable files.
     fn write_step_layer(
         &mut self,
         entries: Vec<Entry>,
         unpack_into: Option<&Path>,
     ) -> Result<LayerInfo, String> {
         let opts = self.layer_options();
+        let reuse = self.reusable.take();
         if let (true, Some((location, text))) = (self.mounted_later, &self.current_step) {
-            let pending = layer::write_layer_deferred(self.store, entries, &opts, unpack_into)
-                .map_err(|e| e.to_string())?;
+            let pending =
+                layer::write_layer_deferred(self.store, entries, &opts, unpack_into, reuse)
+                    .map_err(|e| e.to_string())?;
             return Ok(self.pending.add(pending, location, text));
         }
         match unpack_into {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 pub use archive::{Compressed, decompress, detect_compression, open_archive};
 pub use entry::{Entry, EntryKind, FileSource};
-pub use unpack::{UnpackMode, UnpackStats, unpack};
+pub use unpack::{ReusableFiles, UnpackMode, UnpackStats, unpack};
 pub use write::{
     LayerInfo, LayerOptions, PendingLayer, write_layer, write_layer_deferred,
     write_layer_unpacking, write_layer_with_threads,

@@ -74,14 +74,37 @@ pub fn unpack(reader: impl Read, dest: &Path, mode: UnpackMode) -> Result<Unpack
     })
 }
 
+/// Files of an earlier snapshot that an unpack may hard-link instead of writing anew: the
+/// caller vouches that each listed path (relative, as in the tar) holds the same content as
+/// this layer's file there. A file is linked only if its size, mode, owner and mtime match the
+/// tar entry too, and only through a path with no symlink in it; anything else is written.
+#[derive(Debug, Clone)]
+pub struct ReusableFiles {
+    /// The earlier snapshot's root (never written to: its files are only linked).
+    pub root: PathBuf,
+    pub paths: HashSet<String>,
+}
+
 /// Extracts an uncompressed tar stream into `dest` on the calling thread (for callers that
-/// already run this on a thread of its own, like `write_layer_unpacking`).
+/// already run this on a thread of its own, like `write_layer_unpacking`), linking files from
+/// `reuse` where it can.
 pub(crate) fn unpack_tar_stream(
     stream: impl Read,
     dest: &Path,
     mode: UnpackMode,
+    reuse: Option<ReusableFiles>,
 ) -> Result<UnpackStats, LayerError> {
-    Unpacker::new(dest, mode)?.apply_all(stream)
+    let mut unpacker = Unpacker::new(dest, mode)?;
+    if let Some(reuse) = reuse
+        && let Ok(root) = rustix::fs::open(
+            &reuse.root,
+            OFlags::DIRECTORY | OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    {
+        unpacker.reuse = Some((root, reuse.paths));
+    }
+    unpacker.apply_all(stream)
 }
 
 impl Unpacker {
@@ -110,6 +133,7 @@ impl Unpacker {
             parent_cache: None,
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
+            reuse: None,
         })
     }
 }
@@ -214,6 +238,8 @@ struct Unpacker {
     parent_cache: Option<(PathBuf, OwnedFd, bool)>,
     euid: u32,
     egid: u32,
+    /// An earlier snapshot's root and the paths in it that may be linked ([`ReusableFiles`]).
+    reuse: Option<(OwnedFd, HashSet<String>)>,
 }
 
 /// Which metadata `set_fd_meta` still has to apply (a new file may already have it).
@@ -425,6 +451,9 @@ impl Unpacker {
                 self.set_fd_meta(&fd, &path, &meta, apply)?;
                 self.dir_times.push((path.clone(), meta.mtime));
             }
+            // A file an earlier snapshot already has: linked, its data skipped.
+            tar::EntryType::Regular | tar::EntryType::Continuous
+                if self.link_reused(&path, entry.size(), &meta, &parent_fd, name) => {}
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 // Most files can be created with their final mode and owner, sparing a
                 // fchmod and a fchown each.
@@ -544,6 +573,43 @@ impl Unpacker {
         self.stats.entries += 1;
         self.parent_cache = Some((parent, parent_fd, parent_is_plain));
         Ok(())
+    }
+
+    /// Hard-links `path` (with `size` bytes and `meta`) from the reusable snapshot as `name`
+    /// in `parent`, when it is listed there and its file matches; false to write it instead.
+    fn link_reused(
+        &self,
+        path: &Path,
+        size: u64,
+        meta: &Meta,
+        parent: &OwnedFd,
+        name: &OsStr,
+    ) -> bool {
+        let Some((root, paths)) = &self.reuse else {
+            return false;
+        };
+        if !meta.xattrs.is_empty() || !path.to_str().is_some_and(|p| paths.contains(p)) {
+            return false;
+        }
+        let Ok(file) = rustix::fs::openat2(
+            root,
+            path,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            return false;
+        };
+        let matches = rustix::fs::fstat(&file).is_ok_and(|st| {
+            FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                && u64::try_from(st.st_size) == Ok(size)
+                && st.st_mode & 0o7777 == meta.mode
+                && (st.st_uid, st.st_gid) == (meta.uid, meta.gid)
+                && st.st_mtime == meta.mtime
+                && st.st_mtime_nsec == 0
+        });
+        // Linking by fd needs CAP_DAC_READ_SEARCH; without it the file is simply written.
+        matches && rustix::fs::linkat(&file, "", parent, name, AtFlags::EMPTY_PATH).is_ok()
     }
 
     /// Mode, ownership, mtime and xattrs from the header and its PAX records.
@@ -804,7 +870,9 @@ fn remove_lower_children(
 mod tests {
     use super::*;
     use crate::layer::tar_header::{self, HeaderFields, TypeFlag};
-    use crate::layer::{Compression, Entry, EntryKind, FileSource, LayerOptions, write_layer};
+    use crate::layer::{
+        Compression, Entry, EntryKind, FileSource, LayerOptions, write_layer, write_layer_deferred,
+    };
     use crate::store::Store;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
@@ -1016,6 +1084,67 @@ mod tests {
                 (0, 0)
             );
         }
+    }
+
+    #[test]
+    fn reusable_files_are_linked_only_when_they_match_and_never_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let opts = LayerOptions {
+            compression: Compression::Uncompressed,
+            source_date_epoch: None,
+        };
+        // An earlier snapshot of the same files, as an earlier unpack made it.
+        let same = file("app/same.txt", b"same");
+        let other_mode = file("app/mode.txt", b"mode");
+        let previous = dir.path().join("previous");
+        let entries = vec![
+            same.clone(),
+            Entry {
+                mode: 0o600,
+                ..other_mode.clone()
+            },
+        ];
+        write_layer_deferred(&store, entries, &opts, Some(&previous), None)
+            .unwrap()
+            .wait()
+            .unwrap();
+        std::os::unix::fs::symlink(previous.join("app"), previous.join("via")).unwrap();
+
+        let reuse = ReusableFiles {
+            root: previous.clone(),
+            paths: ["app/same.txt", "app/mode.txt", "via/same.txt"]
+                .map(String::from)
+                .into(),
+        };
+        let next = dir.path().join("next");
+        let entries = vec![same, other_mode, file("via/same.txt", b"same")];
+        write_layer_deferred(&store, entries, &opts, Some(&next), Some(reuse))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let ino = |path: &Path| std::fs::metadata(path).unwrap().ino();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(
+                ino(&next.join("app/same.txt")),
+                ino(&previous.join("app/same.txt")),
+                "a matching file is linked"
+            );
+        }
+        assert_ne!(
+            ino(&next.join("app/mode.txt")),
+            ino(&previous.join("app/mode.txt"))
+        );
+        assert_eq!(
+            std::fs::metadata(next.join("app/mode.txt")).unwrap().mode() & 0o7777,
+            0o644
+        );
+        assert_ne!(
+            ino(&next.join("via/same.txt")),
+            ino(&previous.join("app/same.txt")),
+            "never linked through a symlink"
+        );
+        assert_eq!(std::fs::read(next.join("via/same.txt")).unwrap(), b"same");
     }
 
     #[test]

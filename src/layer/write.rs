@@ -20,7 +20,7 @@ use crate::store::{BlobWriter, Store};
 
 use super::pgzip::ParallelGzipWriter;
 use super::tar_header::{self, HeaderFields, TypeFlag};
-use super::unpack::{ChunkReader, unpack_tar_stream};
+use super::unpack::{ChunkReader, ReusableFiles, unpack_tar_stream};
 use super::{Compression, Entry, EntryKind, FileSource, LayerError, UnpackMode};
 
 /// How to write a layer.
@@ -86,8 +86,13 @@ pub fn write_layer_unpacking(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let entries = order_entries(entries)?;
     let compressor = Compressor::new(store.blob_writer()?, opts.compression, threads)?;
-    let (compressor, diff_id) =
-        write_tar_unpacking(compressor, &entries, opts.source_date_epoch, unpack_into)?;
+    let (compressor, diff_id) = write_tar_unpacking(
+        compressor,
+        &entries,
+        opts.source_date_epoch,
+        unpack_into,
+        None,
+    )?;
     commit(compressor, diff_id, opts)
 }
 
@@ -115,12 +120,14 @@ impl PendingLayer {
 /// blob is compressed afterwards on a background thread: the tar goes to a temp file under the
 /// store while it is hashed (and unpacked), and this returns once the diff_id is known (and
 /// `unpack_into` complete). The blob's bytes are the same as `write_layer`'s. Dropping the
-/// result without `wait` lets the thread finish alone.
+/// result without `wait` lets the thread finish alone. The unpack links files from `reuse`
+/// where it can (see [`ReusableFiles`]).
 pub fn write_layer_deferred(
     store: &Store,
     entries: Vec<Entry>,
     opts: &LayerOptions,
     unpack_into: Option<&Path>,
+    reuse: Option<ReusableFiles>,
 ) -> Result<PendingLayer, LayerError> {
     // One core is left to the step that runs meanwhile (a RUN is often single-threaded).
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1));
@@ -134,7 +141,7 @@ pub fn write_layer_deferred(
     })?;
     let spool = io::BufWriter::with_capacity(256 * 1024, spool);
     let (spool, diff_id) = match unpack_into {
-        Some(dir) => write_tar_unpacking(spool, &entries, opts.source_date_epoch, dir)?,
+        Some(dir) => write_tar_unpacking(spool, &entries, opts.source_date_epoch, dir, reuse)?,
         None => write_tar(
             TeeWriter {
                 sink: spool,
@@ -173,11 +180,13 @@ fn write_tar_unpacking<W: Write>(
     entries: &[Entry],
     source_date_epoch: Option<u64>,
     unpack_into: &Path,
+    reuse: Option<ReusableFiles>,
 ) -> Result<(W, Digest), LayerError> {
     std::thread::scope(|scope| {
         let (copies, received) = mpsc::sync_channel(TEE_CHUNKS);
         let unpacker = scope.spawn(move || {
-            unpack_tar_stream(ChunkReader::new(received), unpack_into, UnpackMode::Overlay)
+            let stream = ChunkReader::new(received);
+            unpack_tar_stream(stream, unpack_into, UnpackMode::Overlay, reuse)
         });
         let tee = TeeWriter {
             sink,
@@ -771,12 +780,13 @@ mod tests {
             let now = write_layer(&store, entries.clone(), &opts).unwrap();
             let deferred_dir = dir.path().join(format!("deferred-{:?}", opts.compression));
             let pending =
-                write_layer_deferred(&store, entries.clone(), &opts, Some(&deferred_dir)).unwrap();
+                write_layer_deferred(&store, entries.clone(), &opts, Some(&deferred_dir), None)
+                    .unwrap();
             assert_eq!(pending.diff_id, now.diff_id);
             assert_eq!(tree(&deferred_dir), tree_teed);
             assert_eq!(pending.wait().unwrap(), now);
             let without_unpack =
-                write_layer_deferred(&store, entries.clone(), &opts, None).unwrap();
+                write_layer_deferred(&store, entries.clone(), &opts, None, None).unwrap();
             assert_eq!(without_unpack.wait().unwrap(), now);
         }
         let leftovers = std::fs::read_dir(store.tmp_dir()).unwrap().count();

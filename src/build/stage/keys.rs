@@ -15,7 +15,7 @@ use crate::build::run::{self, MountSpec};
 use crate::context::{self, CopyItem, CopyOptions, StatCache};
 use crate::digest::Digest;
 use crate::dockerfile::{CopyInstr, RunInstr};
-use crate::layer::LayerInfo;
+use crate::layer::{LayerInfo, ReusableFiles};
 use crate::snapshot;
 
 impl Executor<'_> {
@@ -54,7 +54,10 @@ impl Executor<'_> {
             let note = format!("cache miss: {why}");
             self.progress.event(BuildEvent::Note(&note));
         }
-        let layer = run_step(self, state)?;
+        self.reusable = self.reusable_files(&slot, &inputs);
+        let layer = run_step(self, state);
+        self.reusable = None;
+        let layer = layer?;
         let created = self.created();
         let mut chain_id = chain_of(&state.image.layers);
         if let Some(layer) = &layer {
@@ -396,6 +399,19 @@ impl Executor<'_> {
         } else {
             "other".to_string()
         })
+    }
+
+    /// The files a COPY/ADD about to run reads unchanged since its previous build, with that
+    /// build's snapshot of the step: its unpack links them instead of writing them again.
+    fn reusable_files(&self, slot: &Digest, inputs: &StepInputs) -> Option<ReusableFiles> {
+        if !inputs.has_files() {
+            return None;
+        }
+        let previous = self.cache.previous(slot)?;
+        previous.layer.as_ref()?;
+        let root = self.rootfs.snapshot(previous.chain_id.as_ref()?)?;
+        let paths = cache::unchanged_files(&previous, inputs);
+        (!paths.is_empty()).then_some(ReusableFiles { root, paths })
     }
 
     fn stat_cache(&mut self) -> &mut StatCache {
