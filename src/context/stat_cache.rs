@@ -348,7 +348,10 @@ fn decode(bytes: &[u8], context: &Path) -> Option<FileMap> {
         let hashed_at_ns = input.i128()?;
         text.clear();
         text.push_str("sha256:");
-        text.push_str(&hex::encode(input.take(32)?));
+        for byte in input.take(32)? {
+            text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+            text.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
+        }
         let sha256 = Digest::parse(&text).ok()?;
         let hash = CachedHash {
             stat,
@@ -362,6 +365,8 @@ fn decode(bytes: &[u8], context: &Path) -> Option<FileMap> {
     }
     input.0.is_empty().then_some(files)
 }
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// A cursor over a stat cache file; every read fails (None) past the end.
 struct Reader<'a>(&'a [u8]);
