@@ -179,22 +179,25 @@ pub fn plan_copy_full(
 }
 
 /// `items` sorted by image path component by component, keeping only the last item added for
-/// each image path. (Walks already produce sorted runs, which the stable sort merges cheaply.)
+/// each image path. (One directory walk is already sorted, which is checked before sorting.)
 fn sorted_last_wins(mut items: Vec<CopyItem>) -> Vec<CopyItem> {
     fn components(path: &str) -> impl Iterator<Item = &str> {
         path.split('/').filter(|part| !part.is_empty())
     }
-    items.sort_by(|a, b| components(&a.image_path).cmp(components(&b.image_path)));
-    let mut unique: Vec<CopyItem> = Vec::with_capacity(items.len());
-    for item in items {
-        match unique.last_mut() {
-            Some(last) if components(&last.image_path).eq(components(&item.image_path)) => {
-                *last = item;
-            }
-            _ => unique.push(item),
-        }
+    let order =
+        |a: &CopyItem, b: &CopyItem| components(&a.image_path).cmp(components(&b.image_path));
+    if !items.is_sorted_by(|a, b| order(a, b).is_lt()) {
+        items.sort_by(order);
     }
-    unique
+    // `dedup_by` removes `later` and keeps `earlier`: swap them so the later item survives.
+    items.dedup_by(|later, earlier| {
+        let same = components(&later.image_path).eq(components(&earlier.image_path));
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    items
 }
 
 /// A source path as matched in the root.

@@ -61,7 +61,8 @@ struct CachedHash {
     stat: StatKey,
     /// When the content was read (ns since the epoch).
     hashed_at_ns: i128,
-    sha256: Digest,
+    /// The raw sha256 bytes (made a [`Digest`] only when used).
+    sha256: [u8; 32],
     /// Asked for by this build (kept first when the cache is trimmed).
     used: bool,
 }
@@ -185,7 +186,9 @@ impl StatCache {
         if let Some(cached) = self.files.get_mut(&*key) {
             cached.used = true;
             if cached.stat == stat && cached.stat.ctime_ns + RACY_WINDOW_NS < cached.hashed_at_ns {
-                return Ok(cached.sha256.clone());
+                if let Some(digest) = sha256_digest(&cached.sha256) {
+                    return Ok(digest);
+                }
             }
         }
         let key: Box<[u8]> = key.into();
@@ -195,13 +198,15 @@ impl StatCache {
         self.stats.bytes += read;
         // Trust the hash next time only if the file did not change while it was read.
         let after = std::fs::symlink_metadata(path).map_err(ContextError::io(path))?;
-        if StatKey::of(&after) == stat {
+        let mut raw = [0u8; 32];
+        let raw_ok = hex::decode_to_slice(sha256.hex(), &mut raw).is_ok();
+        if raw_ok && StatKey::of(&after) == stat {
             self.files.insert(
                 key,
                 CachedHash {
                     stat,
                     hashed_at_ns,
-                    sha256: sha256.clone(),
+                    sha256: raw,
                     used: true,
                 },
             );
@@ -244,15 +249,10 @@ impl StatCache {
         }
         let used = self.files.iter().filter(|(_, hash)| hash.used);
         let unused = self.files.iter().filter(|(_, hash)| !hash.used);
-        let kept: Vec<Encodable> = used
+        let kept: Vec<(&[u8], &CachedHash)> = used
             .chain(unused)
-            .filter_map(|(key, hash)| {
-                let mut sha256 = [0u8; 32];
-                // Always succeeds: only sha256 digests are ever cached.
-                hex::decode_to_slice(hash.sha256.hex(), &mut sha256).ok()?;
-                Some((&**key, hash, sha256))
-            })
             .take(MAX_ENTRIES)
+            .map(|(key, hash)| (&**key, hash))
             .collect();
         let bytes = encode(&self.context, &kept);
         write_atomic(&self.path, &bytes).map_err(ContextError::io(&self.path))?;
@@ -282,9 +282,6 @@ fn trim_trailing_slashes(path: &Path) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[..end]))
 }
 
-/// An entry to write: its key, its hash and the raw bytes of its sha256.
-type Encodable<'a> = (&'a [u8], &'a CachedHash, [u8; 32]);
-
 /// The stat cache file of `context` holding `entries`:
 ///
 /// ```text
@@ -294,15 +291,15 @@ type Encodable<'a> = (&'a [u8], &'a CachedHash, [u8; 32]);
 /// ```
 ///
 /// All integers little endian. Nothing may follow the last entry.
-fn encode(context: &Path, entries: &[Encodable]) -> Vec<u8> {
+fn encode(context: &Path, entries: &[(&[u8], &CachedHash)]) -> Vec<u8> {
     let context = context.as_os_str().as_encoded_bytes();
-    let paths: usize = entries.iter().map(|(key, _, _)| key.len()).sum();
+    let paths: usize = entries.iter().map(|(key, _)| key.len()).sum();
     let mut out = Vec::with_capacity(32 + context.len() + paths + entries.len() * ENTRY_FIXED_LEN);
     out.extend_from_slice(FILE_MAGIC);
     out.extend_from_slice(&FILE_VERSION.to_le_bytes());
     put_bytes(&mut out, context);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    for (key, hash, sha256) in entries {
+    for (key, hash) in entries {
         put_bytes(&mut out, key);
         out.extend_from_slice(&hash.stat.size.to_le_bytes());
         out.extend_from_slice(&hash.stat.mtime_ns.to_le_bytes());
@@ -310,7 +307,7 @@ fn encode(context: &Path, entries: &[Encodable]) -> Vec<u8> {
         out.extend_from_slice(&hash.stat.inode.to_le_bytes());
         out.extend_from_slice(&hash.stat.mode.to_le_bytes());
         out.extend_from_slice(&hash.hashed_at_ns.to_le_bytes());
-        out.extend_from_slice(sha256);
+        out.extend_from_slice(&hash.sha256);
     }
     out
 }
@@ -335,7 +332,6 @@ fn decode(bytes: &[u8], context: &Path) -> Option<FileMap> {
         return None;
     }
     let mut files = FileMap::with_capacity_and_hasher(count, Default::default());
-    let mut text = String::with_capacity(71);
     for _ in 0..count {
         let key: Box<[u8]> = input.bytes()?.into();
         let stat = StatKey {
@@ -346,13 +342,7 @@ fn decode(bytes: &[u8], context: &Path) -> Option<FileMap> {
             mode: input.u32()?,
         };
         let hashed_at_ns = input.i128()?;
-        text.clear();
-        text.push_str("sha256:");
-        for byte in input.take(32)? {
-            text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
-            text.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
-        }
-        let sha256 = Digest::parse(&text).ok()?;
+        let sha256 = input.array()?;
         let hash = CachedHash {
             stat,
             hashed_at_ns,
@@ -367,6 +357,17 @@ fn decode(bytes: &[u8], context: &Path) -> Option<FileMap> {
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The [`Digest`] of raw sha256 bytes.
+fn sha256_digest(raw: &[u8; 32]) -> Option<Digest> {
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in raw {
+        text.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
+    }
+    Digest::parse(&text).ok()
+}
 
 /// A cursor over a stat cache file; every read fails (None) past the end.
 struct Reader<'a>(&'a [u8]);
@@ -530,19 +531,15 @@ mod tests {
                         mode,
                     },
                     hashed_at_ns: 99 + index as i128,
-                    sha256: Digest::sha256_of(key),
+                    sha256: Digest::sha256_of(key).hex().as_bytes()[..32]
+                        .try_into()
+                        .unwrap(),
                     used: index == 0,
                 },
             );
         }
-        let encodable: Vec<Encodable> = files
-            .iter()
-            .map(|(key, hash)| {
-                let mut raw = [0u8; 32];
-                hex::decode_to_slice(hash.sha256.hex(), &mut raw).unwrap();
-                (&**key, hash, raw)
-            })
-            .collect();
+        let encodable: Vec<(&[u8], &CachedHash)> =
+            files.iter().map(|(key, hash)| (&**key, hash)).collect();
         let bytes = encode(&ctx, &encodable);
         let decoded = decode(&bytes, &ctx).expect("a file just encoded must decode");
         assert_eq!(decoded.len(), files.len());
