@@ -185,10 +185,11 @@ impl StatCache {
         let key = self.key_of(path);
         if let Some(cached) = self.files.get_mut(&*key) {
             cached.used = true;
-            if cached.stat == stat && cached.stat.ctime_ns + RACY_WINDOW_NS < cached.hashed_at_ns {
-                if let Some(digest) = sha256_digest(&cached.sha256) {
-                    return Ok(digest);
-                }
+            if cached.stat == stat
+                && cached.stat.ctime_ns + RACY_WINDOW_NS < cached.hashed_at_ns
+                && let Some(digest) = sha256_digest(&cached.sha256)
+            {
+                return Ok(digest);
             }
         }
         let key: Box<[u8]> = key.into();
