@@ -370,7 +370,11 @@ impl Selector<'_> {
         let mut entries: Vec<(String, std::fs::DirEntry)> = Vec::new();
         for entry in std::fs::read_dir(host_dir).map_err(ContextError::io(host_dir))? {
             let entry = entry.map_err(ContextError::io(host_dir))?;
-            entries.push((entry.file_name().to_string_lossy().into_owned(), entry));
+            let name = entry
+                .file_name()
+                .into_string()
+                .unwrap_or_else(|name| name.to_string_lossy().into_owned());
+            entries.push((name, entry));
         }
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let check_filters = self.ignore.is_some_and(|m| !m.is_empty()) || !self.excludes.is_empty();
@@ -446,11 +450,13 @@ fn absolute_dest(dest: &str, workdir: &str) -> String {
 }
 
 fn join_image(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
+    let mut path = String::with_capacity(dir.len() + 1 + name.len());
+    path.push_str(dir);
+    if !dir.ends_with('/') {
+        path.push('/');
     }
+    path.push_str(name);
+    path
 }
 
 /// Whether a path component uses `filepath.Match` syntax (wildcards or `\` escapes).
