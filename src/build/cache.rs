@@ -73,8 +73,15 @@ impl StepInputs {
 
     /// Adds `name`, or `name#2`, `name#3`... when the name is taken.
     pub fn add_unique(&mut self, name: String, value: String) {
-        let mut candidate = name.clone();
-        let mut n = 2;
+        let name = match self.values.entry(name) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(value);
+                return;
+            }
+            std::collections::btree_map::Entry::Occupied(taken) => taken.key().clone(),
+        };
+        let mut candidate = format!("{name}#2");
+        let mut n = 3;
         while self.values.contains_key(&candidate) {
             candidate = format!("{name}#{n}");
             n += 1;
@@ -336,6 +343,29 @@ mod tests {
             inputs.add(*name, *value);
         }
         inputs
+    }
+
+    #[test]
+    fn add_unique_numbers_repeated_names_from_two() {
+        let mut inputs = StepInputs::default();
+        for value in ["a", "b", "c"] {
+            inputs.add_unique("file:x".to_string(), value.to_string());
+        }
+        inputs.add_unique("file:x#2".to_string(), "d".to_string());
+        let values = inputs.into_values();
+        let pairs: Vec<(&str, &str)> = values
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("file:x", "a"),
+                ("file:x#2", "b"),
+                ("file:x#2#2", "d"),
+                ("file:x#3", "c")
+            ]
+        );
     }
 
     #[test]

@@ -19,7 +19,6 @@
 //! - `--exclude` patterns match paths relative to the source's base (the source itself, or the
 //!   directory before its first wildcard), `.dockerignore` patterns match paths relative to the root.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::error::ContextError;
@@ -109,22 +108,17 @@ pub fn plan_copy_full(
         || opts.parents
         || matches.iter().any(|m| m.metadata.is_dir());
 
-    let mut items: BTreeMap<Vec<String>, CopyItem> = BTreeMap::new();
+    let mut items: Vec<CopyItem> = Vec::new();
     let mut fresh_dirs: Vec<String> = Vec::new();
-    let mut add = |image_path: String, host_path: PathBuf, metadata: std::fs::Metadata| {
-        let key = image_path
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect();
-        items.insert(
-            key,
-            CopyItem {
-                host_path,
-                image_path,
-                metadata,
-            },
-        );
+    let add = |items: &mut Vec<CopyItem>,
+               image_path: String,
+               host_path: PathBuf,
+               metadata: std::fs::Metadata| {
+        items.push(CopyItem {
+            host_path,
+            image_path,
+            metadata,
+        });
     };
     for found in matches {
         let target_base = if !dest_is_dir {
@@ -140,7 +134,7 @@ pub fn plan_copy_full(
                 if let Some(resolved) = resolve_in_root(root, &written, true)? {
                     let host = host_path(root, &resolved);
                     let metadata = std::fs::metadata(&host).map_err(ContextError::io(&host))?;
-                    add(image_dir.clone(), host, metadata);
+                    add(&mut items, image_dir.clone(), host, metadata);
                 }
             }
             match kept.last() {
@@ -161,26 +155,49 @@ pub fn plan_copy_full(
                 fresh_dirs.push(target_base.clone());
             }
         } else {
-            add(target_base.clone(), found.host_path.clone(), found.metadata);
+            add(
+                &mut items,
+                target_base.clone(),
+                found.host_path.clone(),
+                found.metadata,
+            );
         }
         if is_dir {
-            let mut below = Vec::new();
             selector.walk_dir(
                 &found.host_path,
-                &found.resolved,
-                &found.exclude_rel,
+                &mut found.resolved.join("/"),
+                &mut found.exclude_rel.clone(),
                 &target_base,
-                &mut below,
+                &mut items,
             )?;
-            for item in below {
-                add(item.image_path, item.host_path, item.metadata);
-            }
         }
     }
     Ok(CopyPlan {
-        items: items.into_values().collect(),
+        items: sorted_last_wins(items),
         fresh_dirs,
     })
+}
+
+/// `items` sorted by image path component by component, keeping only the last item added for
+/// each image path. (One directory walk is already sorted, which is checked before sorting.)
+fn sorted_last_wins(mut items: Vec<CopyItem>) -> Vec<CopyItem> {
+    fn components(path: &str) -> impl Iterator<Item = &str> {
+        path.split('/').filter(|part| !part.is_empty())
+    }
+    let order =
+        |a: &CopyItem, b: &CopyItem| components(&a.image_path).cmp(components(&b.image_path));
+    if !items.is_sorted_by(|a, b| order(a, b).is_lt()) {
+        items.sort_by(order);
+    }
+    // `dedup_by` removes `later` and keeps `earlier`: swap them so the later item survives.
+    items.dedup_by(|later, earlier| {
+        let same = components(&later.image_path).eq(components(&earlier.image_path));
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    items
 }
 
 /// A source path as matched in the root.
@@ -332,50 +349,55 @@ impl Selector<'_> {
         Ok(matches)
     }
 
-    /// Adds everything below directory `host_dir` (root-relative `resolved`), mapped under `image_dir`.
+    /// Whether `.dockerignore` hides `rel_path` (root-relative, slash-separated, not empty).
+    fn ignored_rel(&self, rel_path: &str, is_dir: bool) -> bool {
+        self.ignore
+            .is_some_and(|m| !m.is_empty() && m.is_excluded(rel_path, is_dir))
+    }
+
+    /// Adds everything below directory `host_dir` (root-relative `resolved`, slash-separated),
+    /// mapped under `image_dir`. `resolved` and `exclude_rel` are scratch buffers extended for
+    /// each entry and restored before returning. Entries are looked up relative to the open
+    /// directory, not by their full path.
     fn walk_dir(
         &self,
         host_dir: &Path,
-        resolved: &[String],
-        exclude_rel: &str,
+        resolved: &mut String,
+        exclude_rel: &mut String,
         image_dir: &str,
         out: &mut Vec<CopyItem>,
     ) -> Result<(), ContextError> {
-        let mut entries: Vec<(String, PathBuf)> = Vec::new();
+        let mut entries: Vec<(String, std::fs::DirEntry)> = Vec::new();
         for entry in std::fs::read_dir(host_dir).map_err(ContextError::io(host_dir))? {
             let entry = entry.map_err(ContextError::io(host_dir))?;
-            entries.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                entry.path(),
-            ));
+            let name = entry
+                .file_name()
+                .into_string()
+                .unwrap_or_else(|name| name.to_string_lossy().into_owned());
+            entries.push((name, entry));
         }
-        entries.sort();
-        for (name, host_path) in entries {
-            let metadata =
-                std::fs::symlink_metadata(&host_path).map_err(ContextError::io(&host_path))?;
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let check_filters = self.ignore.is_some_and(|m| !m.is_empty()) || !self.excludes.is_empty();
+        let (resolved_len, exclude_rel_len) = (resolved.len(), exclude_rel.len());
+        for (name, entry) in entries {
+            // `DirEntry::metadata` does not follow symlinks (an fstatat on the directory's fd).
+            let metadata = entry
+                .metadata()
+                .map_err(|e| ContextError::io(entry.path())(e))?;
             let is_dir = metadata.is_dir();
-            let mut child_resolved = resolved.to_vec();
-            child_resolved.push(name.clone());
-            let child_exclude_rel = if exclude_rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{exclude_rel}/{name}")
-            };
+            let host_path = entry.path();
             let image_path = join_image(image_dir, &name);
-            let filtered =
-                self.ignored(&child_resolved, is_dir) || self.excluded(&child_exclude_rel, is_dir);
-            if filtered {
+            push_component(resolved, &name);
+            push_component(exclude_rel, &name);
+            let filtered = check_filters
+                && (self.ignored_rel(resolved, is_dir) || self.excluded(exclude_rel, is_dir));
+            let walked = if filtered {
                 if is_dir && self.must_search_filtered_dirs() {
                     // A re-included entry below brings its (filtered) directory along.
                     let mut below = Vec::new();
-                    self.walk_dir(
-                        &host_path,
-                        &child_resolved,
-                        &child_exclude_rel,
-                        &image_path,
-                        &mut below,
-                    )?;
-                    if !below.is_empty() {
+                    let walked =
+                        self.walk_dir(&host_path, resolved, exclude_rel, &image_path, &mut below);
+                    if walked.is_ok() && !below.is_empty() {
                         out.push(CopyItem {
                             host_path,
                             image_path,
@@ -383,26 +405,39 @@ impl Selector<'_> {
                         });
                         out.append(&mut below);
                     }
+                    walked
+                } else {
+                    Ok(())
                 }
-                continue;
-            }
-            out.push(CopyItem {
-                host_path: host_path.clone(),
-                image_path: image_path.clone(),
-                metadata,
-            });
-            if is_dir {
-                self.walk_dir(
-                    &host_path,
-                    &child_resolved,
-                    &child_exclude_rel,
-                    &image_path,
-                    out,
-                )?;
-            }
+            } else if is_dir {
+                out.push(CopyItem {
+                    host_path: host_path.clone(),
+                    image_path: image_path.clone(),
+                    metadata,
+                });
+                self.walk_dir(&host_path, resolved, exclude_rel, &image_path, out)
+            } else {
+                out.push(CopyItem {
+                    host_path,
+                    image_path,
+                    metadata,
+                });
+                Ok(())
+            };
+            resolved.truncate(resolved_len);
+            exclude_rel.truncate(exclude_rel_len);
+            walked?;
         }
         Ok(())
     }
+}
+
+/// Appends `/name` to a slash-separated relative path (just `name` to an empty one).
+fn push_component(path: &mut String, name: &str) {
+    if !path.is_empty() {
+        path.push('/');
+    }
+    path.push_str(name);
 }
 
 /// The absolute, clean image path of `dest` (relative destinations are under `workdir`).
@@ -415,11 +450,13 @@ fn absolute_dest(dest: &str, workdir: &str) -> String {
 }
 
 fn join_image(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
+    let mut path = String::with_capacity(dir.len() + 1 + name.len());
+    path.push_str(dir);
+    if !dir.ends_with('/') {
+        path.push('/');
     }
+    path.push_str(name);
+    path
 }
 
 /// Whether a path component uses `filepath.Match` syntax (wildcards or `\` escapes).

@@ -326,6 +326,23 @@ fn later_sources_win_for_the_same_image_path() {
 }
 
 #[test]
+fn items_are_ordered_component_by_component_across_sources() {
+    // Byte order would put `a.txt` before `a/b` ('.' < '/'); component order puts a directory's
+    // contents right after it. Sources interleave, and `y/a.txt` (later) wins over `a.txt`.
+    let ctx = tree(&["a.txt", "c/b", "c/c/d", "ab", "x/a/b", "x/a/e", "y/a.txt"]);
+    let sources: Vec<String> = ["a.txt", "c", "ab", "x", "y"].map(String::from).to_vec();
+    let items = plan_copy(ctx.path(), &sources, "/d/", "/", &CopyOptions::default()).unwrap();
+    let paths: Vec<&str> = items.iter().map(|i| i.image_path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/d/a", "/d/a/b", "/d/a/e", "/d/a.txt", "/d/ab", "/d/b", "/d/c", "/d/c/d"
+        ]
+    );
+    assert_eq!(items[3].host_path, ctx.path().join("y/a.txt"));
+}
+
+#[test]
 fn bad_wildcard_and_exclude_are_errors() {
     let ctx = tree(&["a"]);
     assert!(matches!(

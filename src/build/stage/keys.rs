@@ -251,13 +251,16 @@ impl Executor<'_> {
                 .host_path
                 .strip_prefix(&context_dir)
                 .unwrap_or(&item.host_path)
-                .display()
-                .to_string();
+                .to_string_lossy();
+            let mut name = String::with_capacity(5 + relative.len());
+            name.push_str("file:");
+            name.push_str(&relative);
             let identity = self.item_identity(item)?;
-            inputs.add_unique(
-                format!("file:{relative}"),
-                format!("{} {identity}", item.image_path),
-            );
+            let mut value = String::with_capacity(item.image_path.len() + 1 + identity.len());
+            value.push_str(&item.image_path);
+            value.push(' ');
+            value.push_str(&identity);
+            inputs.add_unique(name, value);
         }
         expanded.planned.set(Some(planned));
         Ok(Some(inputs))
