@@ -327,13 +327,19 @@ fn remove_dir_if_present(path: &Path) -> Result<(), PruneError> {
     remove_tree(path)
 }
 
-/// Bytes used by regular files under `path` (symlinks not followed).
+/// Bytes used by regular files under `path` (symlinks not followed). A file hard-linked from
+/// several snapshots counts its share of its size in each.
 fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };
     if !meta.is_dir() {
-        return if meta.is_file() { meta.len() } else { 0 };
+        return if meta.is_file() {
+            meta.len() / meta.nlink().max(1)
+        } else {
+            0
+        };
     }
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
