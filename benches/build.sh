@@ -10,6 +10,8 @@
 #   BENCH_SOURCE_FILES=5000 BENCH_ASSET_MB=40   size of the generated context
 #   BENCH_TOOLS="imgbuild docker buildah"       which tools to run
 #   BENCH_SETTLE_SECONDS=31 pause after cache resets before timing (see reset_all)
+#   BENCH_SETTLE_EACH=0     1: also pause that long before every cold and build+push build, so
+#                           no build runs within 30 s of another tool's file deletions
 #   BENCH_KEEP=1            keep the scratch directory (logs, context, stores)
 #   IMGBUILD_BIN=PATH       benchmark this binary instead of `cargo build --release`
 # Everything listens on 127.0.0.1 only: a private docker-registry on a free port holds the base
@@ -229,6 +231,17 @@ fi
 
 # ---------------------------------------------------------------- scenarios
 
+# flush_writes: writes every dirty page to disk before a timed build (untimed), so the kernel's
+# writeback of what an earlier build or pull left (about 30 s later) never lands in another
+# build's timing. No tool syncs its own build data, so each is timed the same way.
+flush_writes() { sync; }
+
+# settle_if_asked: with BENCH_SETTLE_EACH=1, waits out ext4's 30 s window of recently deleted
+# inodes (see reset_all) after the previous tool's build, before a cold or build+push build.
+settle_if_asked() {
+    if [[ ${BENCH_SETTLE_EACH:-0} == 1 ]]; then sleep "$SETTLE"; fi
+}
+
 declare -A TIMES # TIMES[scenario/tool] = space-separated seconds of each run
 
 # tools_for_run RUN: the tools rotated by RUN, so no tool always goes first on a cold page cache.
@@ -242,6 +255,8 @@ record() { TIMES[$1/$2]="${TIMES[$1/$2]:-} $3"; }
 for ((run = 1; run <= RUNS; run++)); do
     reset_all
     for tool in $(tools_for_run "$run"); do
+        settle_if_asked
+        flush_writes
         seconds="$("run_build_$tool" "bench/app-$tool:cold")"
         record cold "$tool" "$seconds"
         log "cold run $run/$RUNS $tool: ${seconds}s"
@@ -250,6 +265,7 @@ done
 
 for ((run = 1; run <= RUNS; run++)); do
     for tool in $(tools_for_run "$run"); do
+        flush_writes
         seconds="$("run_build_$tool" "bench/app-$tool:warm")"
         record warm "$tool" "$seconds"
         log "warm run $run/$RUNS $tool: ${seconds}s"
@@ -259,6 +275,7 @@ done
 for ((run = 1; run <= RUNS; run++)); do
     printf '/* incremental change %d */\n' "$run" >>"$CHANGED_FILE"
     for tool in $(tools_for_run "$run"); do
+        flush_writes
         seconds="$("run_build_$tool" "bench/app-$tool:incremental")"
         record incremental "$tool" "$seconds"
         log "incremental run $run/$RUNS $tool: ${seconds}s"
@@ -268,6 +285,8 @@ done
 for ((run = 1; run <= RUNS; run++)); do
     reset_all
     for tool in $(tools_for_run "$run"); do
+        settle_if_asked
+        flush_writes
         seconds="$("run_push_$tool" "$REGISTRY/bench/e2e-$tool-$run:latest")"
         record push "$tool" "$seconds"
         log "build+push run $run/$RUNS $tool: ${seconds}s"
