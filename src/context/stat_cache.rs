@@ -439,15 +439,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(150));
     }
 
-    #[test]
-    fn unchanged_files_are_not_read_again_and_changed_ones_are() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join("ctx");
-        let cache_dir = dir.path().join("cache");
+    /// A context `ctx` holding `a.txt` ("one"), aged past the racy window, and a cache dir
+    /// beside it, under `dir`: (ctx, cache dir, the file).
+    fn context_with_one_file(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let ctx = dir.join("ctx");
         std::fs::create_dir_all(&ctx).unwrap();
         let file = ctx.join("a.txt");
         std::fs::write(&file, "one").unwrap();
         wait_past_racy_window();
+        (ctx, dir.join("cache"), file)
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again_and_changed_ones_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, cache_dir, file) = context_with_one_file(dir.path());
 
         let mut cache = StatCache::open(&cache_dir, &ctx);
         let meta = std::fs::symlink_metadata(&file).unwrap();
@@ -564,12 +570,7 @@ mod tests {
     #[test]
     fn a_corrupt_or_old_format_cache_file_is_ignored_and_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join("ctx");
-        let cache_dir = dir.path().join("cache");
-        std::fs::create_dir_all(&ctx).unwrap();
-        let file = ctx.join("a.txt");
-        std::fs::write(&file, "one").unwrap();
-        wait_past_racy_window();
+        let (ctx, cache_dir, file) = context_with_one_file(dir.path());
         let meta = std::fs::symlink_metadata(&file).unwrap();
 
         let mut cache = StatCache::open(&cache_dir, &ctx);
