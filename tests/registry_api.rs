@@ -1,8 +1,11 @@
 //! Conformance suite for `imgbuild serve`: every distribution-spec endpoint and error code,
 //! exercised over HTTP against a server started in-process on 127.0.0.1:0.
 
+mod common;
+
 use std::time::Duration;
 
+use common::v2::V2Client;
 use imgbuild::digest::{Algorithm, Digest};
 use imgbuild::registry::{RegistryConfig, RunningServer, spawn};
 use reqwest::{Method, StatusCode};
@@ -15,9 +18,15 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 
 struct TestRegistry {
     server: Option<RunningServer>,
-    base: String,
-    client: reqwest::Client,
+    v2: V2Client,
     dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestRegistry {
+    type Target = V2Client;
+    fn deref(&self) -> &V2Client {
+        &self.v2
+    }
 }
 
 impl TestRegistry {
@@ -25,8 +34,7 @@ impl TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let mut registry = TestRegistry {
             server: None,
-            base: String::new(),
-            client: reqwest::Client::new(),
+            v2: V2Client::new(String::new()),
             dir,
         };
         registry.restart().await;
@@ -40,57 +48,8 @@ impl TestRegistry {
         }
         let config = RegistryConfig::new("127.0.0.1:0".parse().unwrap(), self.dir.path());
         let server = spawn(&config).await.unwrap();
-        self.base = format!("http://{}", server.addr);
+        self.v2.base = format!("http://{}", server.addr);
         self.server = Some(server);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let url = if path.starts_with("http") {
-            path.to_string()
-        } else {
-            self.url(path)
-        };
-        self.client.request(method, url)
-    }
-
-    /// Uploads `data` monolithically to `repo`; returns its digest.
-    async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(data);
-        let response = self
-            .request(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::CREATED,
-            "{}",
-            response.text().await.unwrap()
-        );
-        digest
-    }
-
-    async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        body: &[u8],
-    ) -> reqwest::Response {
-        self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
-            .header("Content-Type", media_type)
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap()
     }
 
     /// Pushes a config and one layer, then an image manifest; returns (manifest bytes, digest).

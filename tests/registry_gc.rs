@@ -3,11 +3,14 @@
 //! run as a separate process while the server serves, and a stress test of concurrent pushes
 //! sharing layers while collections with no grace period run in a loop.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::v2::V2Client;
 use imgbuild::digest::Digest;
 use imgbuild::registry::gc::retention::{ImmutableTags, Pattern};
 use imgbuild::registry::gc::{self, GcPolicy};
@@ -21,8 +24,14 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 struct Registry {
     server: RunningServer,
-    base: String,
-    client: reqwest::Client,
+    v2: V2Client,
+}
+
+impl std::ops::Deref for Registry {
+    type Target = V2Client;
+    fn deref(&self) -> &V2Client {
+        &self.v2
+    }
 }
 
 /// An image as pushed: its manifest digest and every blob it references.
@@ -38,46 +47,8 @@ impl Registry {
         let mut config = RegistryConfig::new("127.0.0.1:0".parse().unwrap(), data);
         configure(&mut config);
         let server = spawn(&config).await.unwrap();
-        let base = format!("http://{}", server.addr);
-        Registry {
-            server,
-            base,
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, format!("{}{path}", self.base))
-    }
-
-    async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
-        let digest = Digest::sha256_of(bytes);
-        let response = self
-            .request(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
-            )
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED, "blob upload");
-        digest
-    }
-
-    async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        body: &[u8],
-    ) -> reqwest::Response {
-        self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
-            .header("content-type", media_type)
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap()
+        let v2 = V2Client::new(format!("http://{}", server.addr));
+        Registry { server, v2 }
     }
 
     /// Pushes blobs then the manifest; pushes again when a collection removed a blob in

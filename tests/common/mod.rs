@@ -4,6 +4,7 @@
 
 pub mod build_log;
 pub mod serve;
+pub mod v2;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
