@@ -9,9 +9,9 @@
 #   BENCH_BASE=debian       debian (debootstrap bookworm minbase, cached in ~/.cache) or busybox
 #   BENCH_SOURCE_FILES=5000 BENCH_ASSET_MB=40   size of the generated context
 #   BENCH_TOOLS="imgbuild docker buildah"       which tools to run
-#   BENCH_SETTLE_SECONDS=31 pause after cache resets before timing (see reset_all)
+#   BENCH_SETTLE_SECONDS=61 pause after cache resets before timing (see reset_all)
 #   BENCH_SETTLE_EACH=0     1: also pause that long before every cold and build+push build, so
-#                           no build runs within 30 s of another tool's file deletions
+#                           no build runs within 60 s of another tool's file deletions
 #   BENCH_KEEP=1            keep the scratch directory (logs, context, stores)
 #   IMGBUILD_BIN=PATH       benchmark this binary instead of `cargo build --release`
 # Everything listens on 127.0.0.1 only: a private docker-registry on a free port holds the base
@@ -21,7 +21,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RUNS=${BENCH_RUNS:-3}
-SETTLE=${BENCH_SETTLE_SECONDS:-31}
+SETTLE=${BENCH_SETTLE_SECONDS:-61}
 BASE_KIND=${BENCH_BASE:-debian}
 SOURCE_FILES=${BENCH_SOURCE_FILES:-5000}
 ASSET_MB=${BENCH_ASSET_MB:-40}
@@ -152,10 +152,11 @@ log "context: $CONTEXT_SUMMARY"
 
 # reset_TOOL: empty build cache, base image present locally (not timed). Every reset uses a new
 # store directory and old ones are only deleted at the end: this filesystem (ext4 without a
-# journal) skips inodes freed in the last 30 s when it allocates new ones, and `perf` showed
-# builds spending most of their time in ext4 `recently_deleted` right after an `rm -rf` of a
-# store. For the same reason the scenarios sleep BENCH_SETTLE_SECONDS after `docker builder
-# prune` (which deletes files) before timing anything.
+# journal) skips inodes freed in the last 60 s (6 min while their inode table block is dirty)
+# when it allocates new ones, scanning past each of them, and `perf` showed builds spending
+# most of their time in ext4 `recently_deleted` right after an `rm -rf` nearby. For the same
+# reason the scenarios sleep BENCH_SETTLE_SECONDS after `docker builder prune` (which deletes
+# files) and `sync` before timing anything.
 GENERATION=0
 reset_imgbuild() {
     IMGBUILD_ROOT="$WORK/imgbuild-root-$GENERATION"
@@ -236,7 +237,7 @@ fi
 # build's timing. No tool syncs its own build data, so each is timed the same way.
 flush_writes() { sync; }
 
-# settle_if_asked: with BENCH_SETTLE_EACH=1, waits out ext4's 30 s window of recently deleted
+# settle_if_asked: with BENCH_SETTLE_EACH=1, waits out ext4's 60 s window of recently deleted
 # inodes (see reset_all) after the previous tool's build, before a cold or build+push build.
 settle_if_asked() {
     if [[ ${BENCH_SETTLE_EACH:-0} == 1 ]]; then sleep "$SETTLE"; fi

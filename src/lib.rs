@@ -9,6 +9,7 @@ pub mod digest;
 pub mod dockerfile;
 pub mod fsutil;
 pub mod image;
+pub mod inode_placement;
 pub mod layer;
 pub mod reference;
 pub mod registry;

@@ -11,6 +11,9 @@
 //! A snapshot dir exists only when complete: it is unpacked in `tmp/`, then renamed. When two
 //! unpacks race, the loser's rename fails and its copy is removed.
 //!
+//! `tmp/` and `run/` are top directories ([`crate::inode_placement`]): each unpack and each
+//! RUN step starts its tree of inodes in a lightly used block group.
+//!
 //! Durability ([`Durability`]): a snapshot is derived data (its layer blob is the durable
 //! copy), so a build does not pay a file-system sync per step. Such a snapshot records the
 //! boot it was made in and is trusted only within that boot: the page cache cannot lose it
@@ -68,7 +71,10 @@ impl Snapshots {
             durability,
         };
         let tmp = snapshots.tmp_dir();
-        fs::create_dir_all(&tmp).map_err(|e| SnapshotError::io("creating dir", &tmp, e))?;
+        for dir in [&tmp, &snapshots.run_dir()] {
+            fs::create_dir_all(dir).map_err(|e| SnapshotError::io("creating dir", dir, e))?;
+            crate::inode_placement::mark_top_directory(dir);
+        }
         let now = SystemTime::now();
         for item in fs::read_dir(&tmp)
             .map_err(|e| SnapshotError::io("reading dir", &tmp, e))?
@@ -95,7 +101,7 @@ impl Snapshots {
     /// (overlayfs needs upper and work on one file system). Removed when dropped: drop it after
     /// the layer made from the upper dir's diff is written, since the diff points into it.
     pub fn scratch(&self) -> Result<ScratchDirs, SnapshotError> {
-        let run_root = self.root.join("run");
+        let run_root = self.run_dir();
         fs::create_dir_all(&run_root)
             .map_err(|e| SnapshotError::io("creating dir", &run_root, e))?;
         let dir = tempfile::Builder::new()
@@ -111,6 +117,10 @@ impl Snapshots {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
     }
 
     fn snapshot_dir(&self, chain_id: &Digest) -> PathBuf {

@@ -244,6 +244,8 @@ impl Store {
         for dir in [store.root.join("blobs").join("sha256"), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         }
+        // Builds unpack layers and run steps in tmp/ (see inode_placement).
+        crate::inode_placement::mark_top_directory(&store.tmp_dir());
         store.remove_stale_temp_files();
         let layout = root.join("oci-layout");
         let index = store.index_path();
