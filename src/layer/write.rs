@@ -160,6 +160,7 @@ pub fn write_layer_deferred(
     let worker = std::thread::Builder::new()
         .name("layer-compress".to_string())
         .spawn(move || {
+            yield_to_foreground_steps();
             let mut compressor = Compressor::new(blob, opts.compression, threads)?;
             spool
                 .seek(io::SeekFrom::Start(0))
@@ -169,6 +170,18 @@ pub fn write_layer_deferred(
         })
         .map_err(LayerError::WriteStream)?;
     Ok(PendingLayer { diff_id, worker })
+}
+
+/// The nice value of a background compression thread (and the workers it starts).
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority, so the step running meanwhile (a RUN's
+/// processes, or the next COPY) gets the cores first and the compression fills the time they
+/// leave idle. On Linux the nice value is per thread, and threads started later inherit it.
+fn yield_to_foreground_steps() {
+    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+        tracing::debug!("background compression keeps normal priority: {e}");
+    }
 }
 
 /// Writes the tar of `entries` into `sink` while a second thread unpacks the same bytes (in
@@ -344,11 +357,20 @@ fn tar_path(entry: &Entry) -> String {
     }
 }
 
-/// Sort key: path components, with the opaque marker sorting before its siblings.
-fn sort_key(path: &str) -> Vec<&str> {
-    path.split('/')
-        .map(|c| if c == ".wh..wh..opq" { "" } else { c })
-        .collect()
+/// Sort key giving tar order: by path components, with the opaque marker sorting before its
+/// siblings. The components are joined with a NUL byte, which sorts below every byte a
+/// component can hold, so comparing keys compares the component lists.
+fn tar_order_key(path: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(path.len());
+    for (i, component) in path.split('/').enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        if component != ".wh..wh..opq" {
+            key.extend_from_slice(component.as_bytes());
+        }
+    }
+    key
 }
 
 fn validate_path(entry: &Entry) -> Result<(), LayerError> {
@@ -388,7 +410,7 @@ fn order_entries(entries: Vec<Entry>) -> Result<Vec<Entry>, LayerError> {
         by_path.insert(tar_path(&entry), entry);
     }
     let mut sorted: Vec<(String, Entry)> = by_path.into_iter().collect();
-    sorted.sort_by(|a, b| sort_key(&a.0).cmp(&sort_key(&b.0)));
+    sorted.sort_by_cached_key(|(path, _)| tar_order_key(path));
     let mut entries: Vec<Entry> = sorted.into_iter().map(|(_, e)| e).collect();
     relink_hardlinks(&mut entries)?;
     Ok(entries)
@@ -397,6 +419,12 @@ fn order_entries(entries: Vec<Entry>) -> Result<Vec<Entry>, LayerError> {
 /// Makes every hard link group's first entry (in output order) carry the file, and every
 /// other member a link to it, so readers always find the target before the link.
 fn relink_hardlinks(entries: &mut [Entry]) -> Result<(), LayerError> {
+    if !entries
+        .iter()
+        .any(|e| matches!(e.kind, EntryKind::Hardlink { .. }))
+    {
+        return Ok(());
+    }
     let index: HashMap<String, usize> = entries
         .iter()
         .enumerate()
@@ -534,16 +562,13 @@ fn write_entry(
                     path: path.clone(),
                     source,
                 };
-                let file = File::open(path).map_err(read_err)?;
-                let mut limited = file.take(*size);
-                let copied = copy_to_writer(&mut limited, out, path, copy_buf)?;
-                let mut probe = [0u8; 1];
-                let grew = limited.into_inner().read(&mut probe).map_err(read_err)? > 0;
-                if copied != *size || grew {
+                let mut file = File::open(path).map_err(read_err)?;
+                let copied = copy_file_of_size(&mut file, *size, out, path, copy_buf)?;
+                if copied != *size {
                     return Err(LayerError::SourceChanged {
                         path: path.clone(),
                         expected: *size,
-                        actual: if grew { size + 1 } else { copied },
+                        actual: copied,
                     });
                 }
             }
@@ -555,18 +580,23 @@ fn write_entry(
     Ok(())
 }
 
-/// Copies through `buf`, telling read errors (the source file) from write errors (the layer
-/// stream) apart.
-fn copy_to_writer(
-    reader: &mut impl Read,
+/// Copies `file`, expected to hold `size` bytes, through `buf` into `out`. Returns the bytes it
+/// found: `size`, fewer if the file shrank, or `size + 1` if it grew (nothing past `size` is
+/// written). The last read asks for one byte more than is left, so a file of the expected size
+/// takes no extra read to find its end. Read errors
+/// (the source file) and write errors (the layer stream) are told apart.
+fn copy_file_of_size(
+    file: &mut File,
+    size: u64,
     out: &mut impl Write,
     path: &std::path::Path,
     buf: &mut [u8],
 ) -> Result<u64, LayerError> {
-    let mut total = 0u64;
+    let mut copied = 0u64;
     loop {
-        let n = match reader.read(buf) {
-            Ok(0) => return Ok(total),
+        let left = size - copied;
+        let want = usize::try_from(left.saturating_add(1)).map_or(buf.len(), |n| n.min(buf.len()));
+        let n = match file.read(&mut buf[..want]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => {
@@ -576,8 +606,15 @@ fn copy_to_writer(
                 });
             }
         };
+        if n as u64 > left {
+            return Ok(size + 1);
+        }
         out.write_all(&buf[..n]).map_err(LayerError::WriteStream)?;
-        total += n as u64;
+        copied += n as u64;
+        // A short read that completes the expected size is the end of the file.
+        if n == 0 || (n < want && copied == size) {
+            return Ok(copied);
+        }
     }
 }
 
@@ -963,6 +1000,43 @@ mod tests {
         let err = write_layer(&store, vec![entry], &gzip_opts()).unwrap_err();
         assert!(matches!(err, LayerError::SourceChanged { .. }), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn a_copied_file_reports_growth_and_shrinking_without_writing_past_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        // A buffer smaller than the file, so the copy takes several reads.
+        let mut buf = vec![0u8; 4096];
+        for (expected, found) in [
+            (10_000u64, 10_000u64),
+            (9_999, 10_000),
+            (4_096, 4_097),
+            (10_001, 10_000),
+            (20_000, 10_000),
+        ] {
+            let mut file = File::open(&path).unwrap();
+            let mut out = Vec::new();
+            let copied = copy_file_of_size(&mut file, expected, &mut out, &path, &mut buf).unwrap();
+            assert_eq!(copied, found, "expected size {expected}");
+            // Never more than the expected size, and all of the file when it did not grow.
+            assert!(out.len() as u64 <= expected && content.starts_with(&out));
+            if found <= expected {
+                assert_eq!(out.len() as u64, found);
+            }
+        }
+    }
+
+    #[test]
+    fn tar_order_compares_path_components_with_the_opaque_marker_first() {
+        let mut paths = vec!["a-b", "a/b", "a/.wh..wh..opq", "a/0", "a", "a/b/c", "a.b"];
+        paths.sort_by_cached_key(|p| tar_order_key(p));
+        assert_eq!(
+            paths,
+            ["a", "a/.wh..wh..opq", "a/0", "a/b", "a/b/c", "a-b", "a.b"]
+        );
     }
 
     #[test]
