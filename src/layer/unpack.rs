@@ -134,6 +134,7 @@ impl Unpacker {
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
             reuse: None,
+            reuse_parent: None,
         })
     }
 }
@@ -240,6 +241,9 @@ struct Unpacker {
     egid: u32,
     /// An earlier snapshot's root and the paths in it that may be linked ([`ReusableFiles`]).
     reuse: Option<(OwnedFd, HashSet<String>)>,
+    /// The directory of the earlier snapshot that matches the last linked file's parent, kept
+    /// while entries stay in that directory (files come sorted, so most do).
+    reuse_parent: Option<(PathBuf, OwnedFd)>,
 }
 
 /// Which metadata `set_fd_meta` still has to apply (a new file may already have it).
@@ -453,7 +457,7 @@ impl Unpacker {
             }
             // A file an earlier snapshot already has: linked, its data skipped.
             tar::EntryType::Regular | tar::EntryType::Continuous
-                if self.link_reused(&path, entry.size(), &meta, &parent_fd, name) => {}
+                if self.link_reused(&path, &parent, name, entry.size(), &meta, &parent_fd) => {}
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 // Most files can be created with their final mode and owner, sparing a
                 // fchmod and a fchown each.
@@ -575,15 +579,20 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Hard-links `path` (with `size` bytes and `meta`) from the reusable snapshot as `name`
-    /// in `parent`, when it is listed there and its file matches; false to write it instead.
+    /// Hard-links `path` (`name` in `parent`, with `size` bytes and `meta`) from the reusable
+    /// snapshot into `parent_fd`, when it is listed there and its file matches; false to write
+    /// it instead.
+    /// The snapshot's directory is opened without following symlinks (openat2), and the file
+    /// is checked and linked by name in it without following one either; snapshots are never
+    /// changed after they are made, so the file checked is the file linked.
     fn link_reused(
-        &self,
+        &mut self,
         path: &Path,
+        parent: &Path,
+        name: &OsStr,
         size: u64,
         meta: &Meta,
-        parent: &OwnedFd,
-        name: &OsStr,
+        parent_fd: &OwnedFd,
     ) -> bool {
         let Some((root, paths)) = &self.reuse else {
             return false;
@@ -591,25 +600,39 @@ impl Unpacker {
         if !meta.xattrs.is_empty() || !path.to_str().is_some_and(|p| paths.contains(p)) {
             return false;
         }
-        let Ok(file) = rustix::fs::openat2(
-            root,
-            path,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) else {
-            return false;
+        let reuse_dir = match self.reuse_parent.take() {
+            Some((cached, fd)) if cached == parent => fd,
+            _ => {
+                let dir = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                let Ok(fd) = rustix::fs::openat2(
+                    root,
+                    dir,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+                ) else {
+                    return false;
+                };
+                fd
+            }
         };
-        let matches = rustix::fs::fstat(&file).is_ok_and(|st| {
-            FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                && u64::try_from(st.st_size) == Ok(size)
-                && st.st_mode & 0o7777 == meta.mode
-                && (st.st_uid, st.st_gid) == (meta.uid, meta.gid)
-                && st.st_mtime == meta.mtime
-                && st.st_mtime_nsec == 0
-        });
-        // Linking by fd needs CAP_DAC_READ_SEARCH; without it the file is simply written.
-        matches && rustix::fs::linkat(&file, "", parent, name, AtFlags::EMPTY_PATH).is_ok()
+        let matches =
+            rustix::fs::statat(&reuse_dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && u64::try_from(st.st_size) == Ok(size)
+                    && st.st_mode & 0o7777 == meta.mode
+                    && (st.st_uid, st.st_gid) == (meta.uid, meta.gid)
+                    && st.st_mtime == meta.mtime
+                    && st.st_mtime_nsec == 0
+            });
+        let linked = matches
+            && rustix::fs::linkat(&reuse_dir, name, parent_fd, name, AtFlags::empty()).is_ok();
+        self.reuse_parent = Some((parent.to_path_buf(), reuse_dir));
+        linked
     }
 
     /// Mode, ownership, mtime and xattrs from the header and its PAX records.
