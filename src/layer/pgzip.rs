@@ -6,7 +6,8 @@
 //!
 //! Chunks that do not compress (already compressed assets, random data) are stored instead of
 //! deflated: four 16 KiB samples of the chunk are trial-compressed at level 1 first, and when
-//! none of them shrinks by at least 3% the member holds stored deflate blocks. The decision
+//! together they shrink by less than 3% the member holds stored deflate blocks (a tar header
+//! inside one sample of a gzip file does not make the whole chunk worth deflating). The decision
 //! depends only on the chunk's bytes, so output stays deterministic, and it saves the full-level
 //! deflate work on data that would come out no smaller anyway.
 //!
@@ -52,27 +53,28 @@ const SAMPLES: usize = 4;
 /// A sample "compresses" when its level-1 output is below this many 1/1000ths of its size.
 const COMPRESSIBLE_PER_MILLE: usize = 970;
 
-/// True when no sample of `chunk` shrinks under fast deflate: the chunk is then stored.
-/// Chunks too small to sample are always deflated.
+/// True when the samples of `chunk` together do not shrink under fast deflate: the chunk is
+/// then stored. Chunks too small to sample are always deflated.
 fn looks_incompressible(chunk: &[u8]) -> bool {
     if chunk.len() < SAMPLES * SAMPLE_SIZE {
         return false;
     }
     let stride = chunk.len() / SAMPLES;
     let mut out = Vec::with_capacity(SAMPLE_SIZE + SAMPLE_SIZE / 8);
-    (0..SAMPLES).all(|i| {
-        let sample = &chunk[i * stride..i * stride + SAMPLE_SIZE];
-        let mut deflate = flate2::Compress::new(flate2::Compression::fast(), false);
-        out.clear();
-        match deflate.compress_vec(sample, &mut out, flate2::FlushCompress::Finish) {
-            Ok(flate2::Status::StreamEnd) => {
-                out.len() * 1000 >= sample.len() * COMPRESSIBLE_PER_MILLE
+    let compressed: usize = (0..SAMPLES)
+        .map(|i| {
+            let sample = &chunk[i * stride..i * stride + SAMPLE_SIZE];
+            let mut deflate = flate2::Compress::new(flate2::Compression::fast(), false);
+            out.clear();
+            match deflate.compress_vec(sample, &mut out, flate2::FlushCompress::Finish) {
+                Ok(flate2::Status::StreamEnd) => out.len(),
+                // Output did not fit in 112% of the input, or an error: surely not
+                // compressible, and an error here is harmless (the real compression reports it).
+                _ => sample.len(),
             }
-            // Output did not fit in 112% of the input, or an error: surely not compressible,
-            // and an error here is harmless (the real compression reports it).
-            _ => true,
-        }
-    })
+        })
+        .sum();
+    compressed * 1000 >= SAMPLES * SAMPLE_SIZE * COMPRESSIBLE_PER_MILLE
 }
 
 /// Compresses one chunk into a complete gzip member (stored blocks when it looks
@@ -274,6 +276,10 @@ mod tests {
         mixed[spot..spot + text.len()].copy_from_slice(&text);
         assert!(!looks_incompressible(&mixed));
         assert!(!looks_incompressible(&sample(CHUNK_SIZE)));
+        // A tar header's worth of zeros in one sample of random data is still stored.
+        let mut with_header = random.clone();
+        with_header[spot..spot + 1536].fill(0);
+        assert!(looks_incompressible(&with_header));
 
         // Either way the output decodes back and is the same for any thread count.
         let data = [random.clone(), sample(CHUNK_SIZE), mixed, noise(1000, 3)].concat();
