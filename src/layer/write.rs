@@ -160,7 +160,6 @@ pub fn write_layer_deferred(
     let worker = std::thread::Builder::new()
         .name("layer-compress".to_string())
         .spawn(move || {
-            yield_to_foreground_steps();
             let mut compressor = Compressor::new(blob, opts.compression, threads)?;
             spool
                 .seek(io::SeekFrom::Start(0))
@@ -170,18 +169,6 @@ pub fn write_layer_deferred(
         })
         .map_err(LayerError::WriteStream)?;
     Ok(PendingLayer { diff_id, worker })
-}
-
-/// The nice value of a background compression thread (and the workers it starts).
-const BACKGROUND_NICE: i32 = 10;
-
-/// Lowers the calling thread's scheduling priority, so the step running meanwhile (a RUN's
-/// processes, or the next COPY) gets the cores first and the compression fills the time they
-/// leave idle. On Linux the nice value is per thread, and threads started later inherit it.
-fn yield_to_foreground_steps() {
-    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
-        tracing::debug!("background compression keeps normal priority: {e}");
-    }
 }
 
 /// Writes the tar of `entries` into `sink` while a second thread unpacks the same bytes (in
