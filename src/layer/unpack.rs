@@ -1142,6 +1142,62 @@ mod tests {
     }
 
     #[test]
+    fn directories_get_their_own_mode_and_owner_and_serve_the_entries_inside_them() {
+        let dest = tempfile::tempdir().unwrap();
+        let entries = vec![
+            // 0o777 loses bits to the usual umask (022) when created.
+            node("open", EntryKind::Dir, 0o777),
+            file("open/f", b"f"),
+            Entry {
+                uid: 7,
+                gid: 8,
+                ..node("private", EntryKind::Dir, 0o700)
+            },
+            Entry {
+                mode: 0o600,
+                uid: 7,
+                gid: 8,
+                ..file("private/f", b"p")
+            },
+            node("sticky", EntryKind::Dir, 0o1777),
+            Entry {
+                gid: 4321,
+                ..node("shared", EntryKind::Dir, 0o2775)
+            },
+            // mkdir in a setgid directory makes a setgid directory of the parent's group.
+            node("shared/plain", EntryKind::Dir, 0o755),
+            file("shared/plain/f", b"s"),
+        ];
+        let dest = dest.path().join("out");
+        layer_into(
+            entries,
+            Compression::DEFAULT_GZIP,
+            &dest,
+            UnpackMode::Overlay,
+        );
+        let meta = |path: &str| std::fs::metadata(dest.join(path)).unwrap();
+        assert_eq!(meta("open").mode() & 0o7777, 0o777);
+        assert_eq!(meta("private").mode() & 0o7777, 0o700);
+        assert_eq!(meta("sticky").mode() & 0o7777, 0o1777);
+        assert_eq!(meta("shared").mode() & 0o7777, 0o2775);
+        assert_eq!(meta("shared/plain").mode() & 0o7777, 0o755);
+        assert_eq!(std::fs::read(dest.join("open/f")).unwrap(), b"f");
+        assert_eq!(meta("open/f").mode() & 0o7777, 0o644);
+        assert_eq!(meta("private/f").mode() & 0o7777, 0o600);
+        assert_eq!(meta("shared/plain/f").mode() & 0o7777, 0o644);
+        if rustix::process::geteuid().is_root() {
+            assert_eq!((meta("private").uid(), meta("private").gid()), (7, 8));
+            assert_eq!((meta("private/f").uid(), meta("private/f").gid()), (7, 8));
+            assert_eq!((meta("open").uid(), meta("open").gid()), (0, 0));
+            assert_eq!(
+                (meta("shared/plain").gid(), meta("shared/plain/f").gid()),
+                (0, 0),
+                "the layer's group, not the setgid parent's"
+            );
+        }
+    }
+
+    #[test]
     fn reusable_files_are_linked_only_when_they_match_and_never_through_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
