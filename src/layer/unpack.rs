@@ -614,6 +614,7 @@ impl Unpacker {
     /// Hard-links `path` (`name` in `parent`, with `size` bytes and `meta`) from the reusable
     /// snapshot into `parent_fd`, when it is listed there and its file matches; false to write
     /// it instead.
+    ///
     /// The snapshot's directory is opened without following symlinks (openat2), and the file
     /// is checked and linked by name in it without following one either; snapshots are never
     /// changed after they are made, so the file checked is the file linked.
