@@ -570,8 +570,8 @@ fn write_entry(
 /// Copies `file`, expected to hold `size` bytes, through `buf` into `out`. Returns the bytes it
 /// found: `size`, fewer if the file shrank, or `size + 1` if it grew (nothing past `size` is
 /// written). The last read asks for one byte more than is left, so a file of the expected size
-/// takes no extra read to find its end. Read errors
-/// (the source file) and write errors (the layer stream) are told apart.
+/// takes no extra read to find its end. Read errors (the source file) and write errors (the
+/// layer stream) are told apart.
 fn copy_file_of_size(
     file: &mut File,
     size: u64,
