@@ -429,6 +429,8 @@ impl Unpacker {
             }
         };
         let name = OsStr::from_bytes(name);
+        // A directory entry's own fd, and whether it creates plainly.
+        let mut entered_dir = None;
         match entry_type {
             tar::EntryType::Directory => {
                 // Most directories are new: made with their final mode, owned by us, and
@@ -481,11 +483,7 @@ impl Unpacker {
                 } else {
                     creates_plainly(&fd)
                 };
-                // The entries that follow a directory are mostly its own.
-                self.created.insert(path.clone());
-                self.stats.entries += 1;
-                self.parent_cache = Some((path, fd, dir_is_plain));
-                return Ok(());
+                entered_dir = Some((fd, dir_is_plain));
             }
             // A file an earlier snapshot already has: linked, its data skipped.
             tar::EntryType::Regular | tar::EntryType::Continuous
@@ -605,9 +603,13 @@ impl Unpacker {
                 });
             }
         }
-        self.created.insert(path);
         self.stats.entries += 1;
-        self.parent_cache = Some((parent, parent_fd, parent_is_plain));
+        self.parent_cache = Some(match entered_dir {
+            // The entries that follow a directory are mostly its own.
+            Some((fd, plain)) => (path.clone(), fd, plain),
+            None => (parent, parent_fd, parent_is_plain),
+        });
+        self.created.insert(path);
         Ok(())
     }
 

@@ -11,8 +11,8 @@
 //! A snapshot dir exists only when complete: it is unpacked in `tmp/`, then renamed. When two
 //! unpacks race, the loser's rename fails and its copy is removed.
 //!
-//! `tmp/` and `run/` are top directories ([`crate::inode_placement`]): each unpack and each
-//! RUN step starts its tree of inodes in a lightly used block group.
+//! `tmp/` is a top directory ([`crate::inode_placement`]): each unpack starts its tree of
+//! inodes in a lightly used block group.
 //!
 //! Durability ([`Durability`]): a snapshot is derived data (its layer blob is the durable
 //! copy), so a build does not pay a file-system sync per step. Such a snapshot records the
@@ -71,10 +71,8 @@ impl Snapshots {
             durability,
         };
         let tmp = snapshots.tmp_dir();
-        for dir in [&tmp, &snapshots.run_dir()] {
-            fs::create_dir_all(dir).map_err(|e| SnapshotError::io("creating dir", dir, e))?;
-            crate::inode_placement::mark_top_directory(dir);
-        }
+        fs::create_dir_all(&tmp).map_err(|e| SnapshotError::io("creating dir", &tmp, e))?;
+        crate::inode_placement::mark_top_directory(&tmp);
         let now = SystemTime::now();
         for item in fs::read_dir(&tmp)
             .map_err(|e| SnapshotError::io("reading dir", &tmp, e))?
@@ -101,7 +99,7 @@ impl Snapshots {
     /// (overlayfs needs upper and work on one file system). Removed when dropped: drop it after
     /// the layer made from the upper dir's diff is written, since the diff points into it.
     pub fn scratch(&self) -> Result<ScratchDirs, SnapshotError> {
-        let run_root = self.run_dir();
+        let run_root = self.root.join("run");
         fs::create_dir_all(&run_root)
             .map_err(|e| SnapshotError::io("creating dir", &run_root, e))?;
         let dir = tempfile::Builder::new()
@@ -117,10 +115,6 @@ impl Snapshots {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.root.join("run")
     }
 
     fn snapshot_dir(&self, chain_id: &Digest) -> PathBuf {
